@@ -1,0 +1,485 @@
+"""Delivery: the scheduler that claims due mail, and the code that sends it.
+
+The scheduler claims due recipients from the store (marking their messages
+as in delivery, so nothing is claimed twice), groups them by destination and
+feeds one queue per destination. Each destination runs a few connections that
+carry message after message. ``deliver_jobs`` does the sending over any
+connected ``SMTPClient``, so ETRN and ODMR deliveries reuse it, with its
+outcomes, bounces and log lines.
+
+A recipient leaves the queue only when the customer's server accepted it
+with 250 after DATA, or when a delivery status notification went back for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+from ..events import next_session
+from ..store.models import HELD_MODES
+from ..store.queue import Job, NewMessage, Outcome, claim_due, enqueue, load_data, new_queue_id
+from ..store.queue import record_outcomes, release_delivering
+from . import dsn
+from .client import Reply, SMTPClient, SMTPClientError
+from .context import Context
+from .tls import client_context
+
+log = logging.getLogger("mailkeep.delivery")
+
+CLAIM_BATCH = 500
+LOAD_BATCH = 16
+HIGH_WATER = 5000
+"""Claimed jobs waiting for a connection beyond which the scheduler stops claiming."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a group of recipients goes.
+
+    Attributes:
+        host: a host name or address; with ``mx`` true, the domain whose MX
+            records are looked up.
+        port: the TCP port.
+        mx: look up MX records for ``host``.
+        fail_state: state for recipients that fail temporarily: ``deferred``
+            (retried with backoff) or ``held`` (waits for the next trigger).
+    """
+
+    host: str
+    port: int = 25
+    mx: bool = False
+    fail_state: str = "deferred"
+
+
+def format_seconds(value: float) -> str:
+    """Format a duration with about two significant digits, as Postfix's delay= does."""
+    if value >= 10:
+        return str(int(round(value)))
+    if value >= 1:
+        return f"{value:.1f}"
+    if value >= 0.1:
+        return f"{value:.2f}".rstrip("0").rstrip(".")
+    rounded = round(value, 2)
+    return "0" if rounded == 0 else f"{rounded:.2f}".rstrip("0")
+
+
+def backoff(settings_queue, attempts: int) -> float:
+    """Return the seconds to wait before retry number ``attempts + 1``."""
+    return min(settings_queue.retry_max, settings_queue.retry_min * (2 ** min(attempts, 20)))
+
+
+def _record_with_bounces(conn, outcomes: list[Outcome], message_ids: list[int],
+                         bounces: list[NewMessage]) -> None:
+    record_outcomes(conn, outcomes, message_ids)
+    for message in bounces:
+        enqueue(conn, message)
+
+
+class Delivery:
+    """Sends jobs over one connected client and records what happened.
+
+    Args:
+        context: the running server's shared state.
+        client: a session that has greeted and said EHLO.
+        relay: how log lines name the peer, e.g. ``mx.example.org[192.0.2.1]:25``.
+        fail_state: ``deferred`` or ``held`` for temporary failures.
+        session: the number that tags this connection's log lines.
+    """
+
+    def __init__(self, context: Context, client: SMTPClient, relay: str, fail_state: str,
+                 session: int, setup_seconds: float = 0.0):
+        self.context = context
+        self.client = client
+        self.relay = relay
+        self.fail_state = fail_state
+        self.session = session
+        self.setup_seconds = setup_seconds
+        self.pending: set[asyncio.Future] = set()
+        self.sent = 0
+
+    async def run(self, jobs: list[Job]) -> list[Job]:
+        """Deliver the jobs in order; return those left undelivered because the session failed.
+
+        Raises:
+            SMTPClientError: the session failed. Every job not delivered has
+                been recorded with its temporary failure before this is raised.
+        """
+        index = 0
+        while index < len(jobs):
+            batch = jobs[index:index + LOAD_BATCH]
+            contents = await self.context.db.read(load_data, [job.message_id for job in batch])
+            for position, job in enumerate(batch):
+                data = contents.get(job.message_id)
+                if data is None:  # deleted by the administrator meanwhile
+                    self._record([], [job], [])
+                    continue
+                try:
+                    await self._deliver(job, data)
+                except SMTPClientError as exc:
+                    rest = batch[position:] + jobs[index + len(batch):]
+                    self.fail(rest, exc.reply)
+                    raise
+            index += len(batch)
+        return []
+
+    async def _deliver(self, job: Job, data: bytes) -> None:
+        started = time.time()
+        addresses = [address for _rid, address, _domain, _attempts in job.recipients]
+        result = await self.client.send(job.sender, addresses, data, job.body_8bit,
+                                        smtputf8=not (job.sender + "".join(addresses)).isascii())
+        finished = time.time()
+        outcomes, failures = [], []
+        for rid, address, _domain, attempts in job.recipients:
+            reply = result.recipients[address]
+            outcome = self._outcome(job, rid, address, attempts, reply, finished)
+            outcomes.append(outcome)
+            delays = (f"{format_seconds(started - job.arrived)}/0/"
+                      f"{format_seconds(self.setup_seconds)}/{format_seconds(finished - started)}")
+            self._log(job, address, reply.enhanced, outcome.status, reply.text, finished, delays)
+            if outcome.status == "bounced":
+                failures.append(dsn.Failure(address, _failure_status(reply), reply.text,
+                                            self.client.peer_name or self.relay))
+        self.sent += 1
+        self._record(outcomes, [job], self._bounces(job, failures, data))
+
+    def _outcome(self, job: Job, rid: int, address: str, attempts: int, reply: Reply,
+                 now: float) -> Outcome:
+        if reply.ok:
+            status = "sent"
+        elif reply.temporary:
+            status = self.fail_state
+        else:
+            status = "bounced"
+        next_attempt = 0.0
+        if status == "deferred":
+            next_attempt = now + backoff(self.context.settings.queue, attempts)
+        return Outcome(rid, job.message_id, address, status, reply.text, self.relay, next_attempt)
+
+    def fail(self, jobs: Iterable[Job], reason: str) -> None:
+        """Record a temporary failure for every recipient of ``jobs``."""
+        now = time.time()
+        for job in jobs:
+            outcomes = []
+            for rid, address, _domain, attempts in job.recipients:
+                next_attempt = now + backoff(self.context.settings.queue, attempts)
+                outcomes.append(Outcome(rid, job.message_id, address, self.fail_state, reason,
+                                        self.relay, next_attempt if self.fail_state == "deferred" else 0.0))
+                self._log(job, address, "4.4.2", self.fail_state, reason, now, "")
+            self._record(outcomes, [job], [])
+
+    def _log(self, job: Job, address: str, code: str, status: str, reply: str, now: float,
+             delays: str) -> None:
+        fields = [f"to=<{address}>", f"relay={self.relay}"]
+        if self.client.messages_sent > 1:
+            fields.append(f"conn_use={self.client.messages_sent}")
+        fields.append(f"delay={format_seconds(now - job.arrived)}")
+        if delays:
+            fields.append(f"delays={delays}")
+        fields += [f"dsn={code}", f"status={status} ({reply})"]
+        level = logging.INFO
+        self.context.bus.emit("smtp", self.session, f"{job.queue_id}: " + ", ".join(fields),
+                              status, level, queue_id=job.queue_id, to=address, relay=self.relay)
+
+    def _bounces(self, job: Job, failures: list[dsn.Failure], data: bytes) -> list[NewMessage]:
+        if not failures:
+            return []
+        return bounce_messages(self.context, job, failures, data)
+
+    def _record(self, outcomes: list[Outcome], jobs: list[Job], bounces: list[NewMessage]) -> None:
+        future = self.context.db.write(_record_with_bounces, outcomes, [j.message_id for j in jobs],
+                                       bounces)
+        self.pending.add(future)
+        future.add_done_callback(self._recorded)
+        for message in bounces:
+            self.context.bus.emit("bounce", self.session,
+                                  f"{jobs[0].queue_id}: sender non-delivery notification: "
+                                  f"{message.queue_id}", "bounce")
+
+    def _recorded(self, future: asyncio.Future) -> None:
+        self.pending.discard(future)
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            log.error("recording delivery results failed: %s", exc,
+                      extra={"service": "smtp", "session": self.session})
+        elif self.context.scheduler is not None:
+            self.context.scheduler.wake()
+
+    async def settle(self) -> None:
+        """Wait until every result of this delivery is on disk."""
+        if self.pending:
+            await asyncio.gather(*list(self.pending), return_exceptions=True)
+
+
+def _failure_status(reply: Reply) -> str:
+    code = reply.enhanced
+    return code if code[0] == "5" else "5.0.0"
+
+
+def bounce_messages(context: Context, job: Job, failures: list[dsn.Failure],
+                    data: bytes) -> list[NewMessage]:
+    """Build the notification for ``failures`` unless the sender must not get one."""
+    if job.is_bounce or not job.sender:
+        # No notification to the null sender, and none about a notification (RFC 3461 loop rule).
+        context.bus.emit("bounce", 0, f"{job.queue_id}: no notification: "
+                         f"{'sender is <>' if not job.sender else 'message is a notification'}",
+                         "bounce-dropped")
+        return []
+    settings = context.settings
+    body = dsn.build(settings.hostname, job.queue_id, job.sender, job.arrived, failures, data)
+    domain = job.sender.rpartition("@")[2].lower()
+    route = context.routes.get(domain)
+    state = "queued"
+    if route is not None and route.mode != "smtp":
+        state = "held"
+    return [NewMessage(queue_id=new_queue_id(), sender="", data=body,
+                       recipients=[(job.sender, domain, state)], client="local",
+                       helo=settings.hostname, is_bounce=True)]
+
+
+async def open_client(context: Context, target: Target, use_tls: bool = True) -> tuple[SMTPClient, str]:
+    """Connect to a target, read its greeting and say EHLO (and STARTTLS when offered).
+
+    Returns:
+        The client and the relay text for log lines.
+
+    Raises:
+        SMTPClientError: no address of the target accepted a session.
+    """
+    settings = context.settings
+    hosts = await _target_hosts(target)
+    last_error = f"no address for {target.host}"
+    for host in hosts:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, target.port), settings.delivery.connect_timeout
+            )
+        except asyncio.TimeoutError:
+            last_error = f"connect to {host}:{target.port}: timed out"
+            continue
+        except OSError as exc:
+            last_error = f"connect to {host}[{host}]:{target.port}: {exc.strerror or exc}"
+            continue
+        peer = writer.get_extra_info("peername") or (host, target.port)
+        relay = f"{host}[{peer[0]}]:{peer[1]}"
+        client = SMTPClient(reader, writer, settings.delivery.reply_timeout)
+        try:
+            await client.greeting()
+            await client.hello(settings.hostname)
+            if use_tls and await client.starttls(client_context(), host):
+                await client.hello(settings.hostname)
+            return client, relay
+        except SMTPClientError as exc:
+            client.close()
+            last_error = f"{relay}: {exc.reply}"
+            if "TLS handshake" in exc.reply and use_tls:
+                return await open_client(context, target, use_tls=False)
+    raise SMTPClientError(last_error)
+
+
+async def _target_hosts(target: Target) -> list[str]:
+    if not target.mx:
+        return [target.host]
+    try:
+        import dns.asyncresolver
+        import dns.exception
+        import dns.resolver
+    except ImportError:  # pragma: no cover - dnspython is a dependency
+        return [target.host]
+    resolver = dns.asyncresolver.Resolver()
+    resolver.lifetime = 10.0
+    try:
+        answer = await resolver.resolve(target.host, "MX")
+        records = sorted(answer, key=lambda r: r.preference)
+        hosts = [str(r.exchange).rstrip(".") for r in records if str(r.exchange) != "."]
+        return hosts
+    except dns.resolver.NoAnswer:
+        return [target.host]  # no MX: the domain itself (RFC 5321 section 5.1)
+    except (dns.exception.DNSException, OSError) as exc:
+        raise SMTPClientError(f"MX lookup for {target.host} failed: {exc}") from None
+
+
+class Destination:
+    """The queue of claimed jobs for one target and the connections that drain it."""
+
+    def __init__(self, scheduler: "Scheduler", target: Target):
+        self.scheduler = scheduler
+        self.target = target
+        self.pending: collections.deque[Job] = collections.deque()
+        self.connections = 0
+
+    def add(self, job: Job) -> None:
+        self.pending.append(job)
+        self.start_connections()
+
+    def start_connections(self) -> None:
+        limit = self.scheduler.context.settings.delivery.connections_per_destination
+        while self.pending and self.connections < min(limit, len(self.pending)):
+            self.connections += 1
+            self.scheduler.spawn(self._connection())
+
+    def take(self, count: int) -> list[Job]:
+        batch = []
+        while self.pending and len(batch) < count:
+            batch.append(self.pending.popleft())
+        return batch
+
+    async def _connection(self) -> None:
+        context = self.scheduler.context
+        session = next_session()
+        try:
+            async with self.scheduler.connection_slots:
+                if not self.pending:
+                    return
+                started = time.monotonic()
+                try:
+                    client, relay = await open_client(context, self.target)
+                except SMTPClientError as exc:
+                    if self.connections == 1:  # no other connection can carry them
+                        Delivery(context, _NoClient(), f"{self.target.host}:{self.target.port}",
+                                 self.target.fail_state, session).fail(self.take(len(self.pending)), exc.reply)
+                    return
+                delivery = Delivery(context, client, relay, self.target.fail_state, session,
+                                    time.monotonic() - started)
+                try:
+                    while self.pending:
+                        await delivery.run(self.take(LOAD_BATCH))
+                    await client.quit()
+                except SMTPClientError:
+                    client.close()
+                await delivery.settle()
+        except Exception:
+            log.exception("delivery to %s:%s failed", self.target.host, self.target.port,
+                          extra={"service": "smtp", "session": session})
+        finally:
+            self.connections -= 1
+            if self.pending:
+                self.start_connections()
+
+
+class _NoClient:
+    """Stands in for a client when no connection could be opened."""
+
+    messages_sent = 0
+    peer_name = ""
+
+
+class Scheduler:
+    """Claims due mail and hands it to destinations.
+
+    Args:
+        context: the running server's shared state.
+        interval: seconds between checks for mail that became due.
+    """
+
+    def __init__(self, context: Context, interval: float = 1.0):
+        self.context = context
+        self.interval = interval
+        self.destinations: dict[Target, Destination] = {}
+        self.connection_slots = asyncio.Semaphore(context.settings.delivery.max_connections)
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self.running = True
+
+    def wake(self) -> None:
+        """Check for due mail now instead of at the next interval."""
+        self._wake.set()
+
+    def spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(d.pending) for d in self.destinations.values())
+
+    async def run(self) -> None:
+        """Claim and dispatch due mail until cancelled."""
+        await self.context.db.write(release_delivering)
+        while self.running:
+            try:
+                more = await self.dispatch_due()
+            except Exception:
+                log.exception("claiming due mail failed", extra={"service": "qmgr", "session": 0})
+                more = False
+            if more:
+                await asyncio.sleep(0)
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def dispatch_due(self) -> bool:
+        """Claim one batch of due mail; return whether more may be waiting."""
+        if self.waiting >= HIGH_WATER:
+            return False
+        jobs = await self.context.db.write(claim_due, time.time(), CLAIM_BATCH)
+        for job in jobs:
+            for target, part in self._split(job):
+                if target is None:
+                    continue
+                destination = self.destinations.get(target)
+                if destination is None:
+                    destination = self.destinations[target] = Destination(self, target)
+                destination.add(part)
+        self._forget_idle()
+        return sum(len(j.recipients) for j in jobs) >= CLAIM_BATCH
+
+    def _split(self, job: Job) -> list[tuple[Target | None, Job]]:
+        groups: dict[Target | None, list] = {}
+        held = []
+        for recipient in job.recipients:
+            target = self.target_for(recipient[2])
+            if target is None:
+                held.append(recipient)
+            else:
+                groups.setdefault(target, []).append(recipient)
+        if held:
+            part = Job(job.message_id, job.queue_id, job.sender, job.size, job.arrived,
+                       job.is_bounce, job.body_8bit, held)
+            Delivery(self.context, _NoClient(), "none", "held", 0).fail(
+                [part], "waiting for a trigger: the domain is held and has no host to push to")
+        return [(target, Job(job.message_id, job.queue_id, job.sender, job.size, job.arrived,
+                             job.is_bounce, job.body_8bit, recipients))
+                for target, recipients in groups.items()]
+
+    def target_for(self, domain: str) -> Target | None:
+        """Return where mail for ``domain`` goes now, or None when it must be held."""
+        route = self.context.routes.get(domain)
+        if route is None:
+            relayhost = self.context.settings.delivery.relayhost
+            if relayhost:
+                host, _, port = relayhost.rpartition(":")
+                return Target(host.strip("[]"), int(port))
+            if not domain:
+                return None
+            return Target(domain, 25, mx=True)
+        if route.mode == "smtp":
+            return Target(route.host, route.port)
+        if route.mode in HELD_MODES and route.host:
+            return Target(route.host, route.port, fail_state="held")
+        return None
+
+    def _forget_idle(self) -> None:
+        for target in [t for t, d in self.destinations.items() if not d.pending and not d.connections]:
+            del self.destinations[target]
+
+    async def stop(self, timeout: float) -> None:
+        """Stop claiming, let running deliveries finish for up to ``timeout`` seconds."""
+        self.running = False
+        self._wake.set()
+        for destination in self.destinations.values():
+            destination.pending.clear()
+        if self._tasks:
+            done, running = await asyncio.wait(list(self._tasks), timeout=timeout)
+            for task in running:
+                task.cancel()

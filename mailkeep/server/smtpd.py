@@ -1,0 +1,520 @@
+"""The SMTP listener: aiosmtpd's session loop with Mailkeep's commands.
+
+aiosmtpd reads command lines, dispatches ``smtp_VERB`` methods and runs the
+STARTTLS handshake; it also throws away anything a client pipelined after
+STARTTLS before the handshake (RFC 3207 section 4). The methods here replace
+its HELO, EHLO, MAIL, RCPT, DATA, RSET, NOOP, VRFY and QUIT so that every
+reply carries an enhanced status code, recipients are checked against the
+hosted domains, and the 250 after DATA is sent only once the message is
+committed to disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import re
+import time
+from email.utils import formatdate
+from typing import Any
+
+from aiosmtpd.smtp import SMTP
+
+from ..events import next_session
+from ..store.queue import NewMessage, enqueue, new_queue_id
+from . import replies as R
+from .address import PathError, parse_path, relay_trick
+from .context import Context
+from .tls import describe
+
+log = logging.getLogger("mailkeep.smtpd")
+
+_RECEIVED = re.compile(rb"^received:", re.IGNORECASE | re.MULTILINE)
+_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*?)\r\n", re.IGNORECASE | re.MULTILINE)
+_LINE_ENDS = re.compile(rb"\r\n|\r|\n")
+MAX_BAD_COMMANDS = 20
+
+# aiosmtpd's own replies, given enhanced status codes.
+_REWRITES = (
+    (b"500 Error: bad syntax", b"500 5.5.2 Syntax error"),
+    (b"500 Error: command", R.UNKNOWN_COMMAND.encode()),
+    (b"500 Command line too long", R.LINE_TOO_LONG.encode()),
+    (b"500 Error: strict ASCII mode", b"500 5.5.2 Non-ASCII command"),
+    (b"502 5.5.1 Too many unrecognized", b"421 4.7.0 Too many unrecognized commands, closing"),
+    (b"502 EXPN not implemented", b"502 5.5.1 EXPN not implemented"),
+    (b"250 Supported commands:", b"214 2.0.0 Commands:"),
+    (b"501 Supported commands:", b"501 5.5.4 Unknown command; commands:"),
+    (b"250 Syntax:", b"214 2.0.0 Syntax:"),
+    (b"501 Syntax: STARTTLS", b"501 5.5.4 Syntax: STARTTLS takes no arguments"),
+    (b"454 TLS not available", R.TLS_NOT_AVAILABLE.encode()),
+    (b"220 Ready to start TLS", R.TLS_READY.encode()),
+    (b"554 Command refused due to lack of security", b"554 5.7.0 TLS handshake failed"),
+    (b"500 Error: command \"AUTH\"", R.UNKNOWN_COMMAND.encode()),
+)
+
+
+class _Handler:
+    """The aiosmtpd handler: only its exception hook is used."""
+
+    def __init__(self, context: Context):
+        self.context = context
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("unexpected error in an SMTP session: %r", error, exc_info=error)
+        return R.LOCAL_ERROR
+
+
+def normalize_line_ends(data: bytes) -> tuple[bytes, bool]:
+    """Turn every bare CR and bare LF into CRLF.
+
+    Returns:
+        The data and whether anything was changed. A bare line end must not
+        reach a customer server, where it could end the message early
+        (SMTP smuggling).
+    """
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") == crlf and data.count(b"\r") == crlf:
+        return data, False
+    return _LINE_ENDS.sub(b"\r\n", data), True
+
+
+def unstuff(data: bytes) -> bytes:
+    """Remove the transparency dot from each line that starts with one (RFC 5321 4.5.2)."""
+    if data.startswith(b"."):
+        data = data[1:]
+    return data.replace(b"\r\n.", b"\r\n")
+
+
+class SMTPSession(SMTP):
+    """One SMTP connection.
+
+    Args:
+        context: the running server's shared state.
+        service: ``smtpd`` for the MX listeners.
+    """
+
+    def __init__(self, context: Context, service: str = "smtpd"):
+        settings = context.settings
+        super().__init__(
+            _Handler(context),
+            data_size_limit=settings.limits.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=settings.hostname,
+            ident="ESMTP Mailkeep",
+            tls_context=context.tls,
+            timeout=settings.limits.command_timeout,
+            auth_require_tls=True,
+            loop=asyncio.get_running_loop(),
+        )
+        # aiosmtpd keeps these limits on the class; each session gets its own.
+        self.command_size_limits = collections.defaultdict(lambda: 1024)
+        self.context = context
+        self.service = service
+        self.number = 0
+        self.client_ip = ""
+        self.client_name = ""
+        self.counted = False
+        self.busy = False
+        self.bare_line_ends = False
+        self.stats: collections.Counter[str] = collections.Counter()
+        self.failed: collections.Counter[str] = collections.Counter()
+        self.bad_commands = 0
+        self.opened = time.time()
+        self.bytes_in = 0
+        self.state = "connected"
+        self.account = ""
+        self._last_code = 0
+        self._sender: str | None = None
+        self._recipients: list[tuple[str, str, str]] = []
+        self._wrap_methods()
+
+    # -- connection and accounting --------------------------------------------------
+
+    def _wrap_methods(self) -> None:
+        for name, method in list(self._smtp_methods.items()):
+            self._smtp_methods[name] = self._counted(name.lower(), method)
+
+    def _counted(self, name: str, method: Any) -> Any:
+        async def run(arg: str | None) -> None:
+            self._last_code = 0
+            await method(arg)
+            self.stats[name] += 1
+            if self._last_code >= 400:
+                self.failed[name] += 1
+        return run
+
+    def emit(self, text: str, kind: str = "", level: int = logging.INFO, **data: Any) -> None:
+        self.context.bus.emit(self.service, self.number, text, kind, level, **data)
+
+    @property
+    def client(self) -> str:
+        return f"{self.client_name}[{self.client_ip}]"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is not None:  # the TLS layer after STARTTLS
+            super().connection_made(transport)
+            return
+        peer = transport.get_extra_info("peername") or ("", 0)
+        self.client_ip = str(peer[0])
+        self.client_name = "unknown"
+        self.number = next_session()
+        refusal = None
+        if self.context.stopping:
+            refusal = R.SHUTTING_DOWN
+        else:
+            over = self.context.limiter.acquire(self.client_ip)
+            if over == "total":
+                refusal = R.GREETING_BUSY
+            elif over == "client":
+                refusal = R.GREETING_BUSY_CLIENT
+        if refusal:
+            self.emit(f"warning: refused connection from {self.client}: {refusal[4:]}", "refused",
+                      logging.WARNING)
+            transport.write(refusal.format(host=self.hostname).encode() + b"\r\n")
+            transport.close()
+            self.transport = None
+            return
+        self.counted = True
+        self.context.sessions[self.number] = self
+        self.emit(f"connect from {self.client}", "connect", protocol="smtp",
+                  client=self.client_ip)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if not self.counted:
+            return
+        self.counted = False
+        self.context.limiter.release(self.client_ip)
+        self.context.sessions.pop(self.number, None)
+        parts = []
+        total = ok_total = 0
+        for name, count in self.stats.items():
+            bad = self.failed[name]
+            parts.append(f"{name}={count - bad}" if not bad else f"{name}={count - bad}/{count}")
+            total += count
+            ok_total += count - bad
+        parts.append(f"commands={ok_total}" if ok_total == total else f"commands={ok_total}/{total}")
+        if self.bare_line_ends:
+            parts.append("notes=bare_lf")
+        self.emit(f"disconnect from {self.client} {' '.join(parts)}", "disconnect")
+        if self.session is not None and self._timeout_handle is not None:
+            super().connection_lost(error)
+
+    def _timeout_cb(self) -> None:
+        if self._writer is not None and self.transport is not None:
+            self.emit(f"timeout after {self.state.upper()} from {self.client}", "timeout")
+            self._writer.write(R.TIMEOUT.format(host=self.hostname).encode() + b"\r\n")
+        super()._timeout_cb()
+
+    async def push(self, status: str | bytes) -> None:
+        data = status.encode() if isinstance(status, str) else status
+        for prefix, replacement in _REWRITES:
+            if data.startswith(prefix):
+                if prefix in (b"500 Error: command", b"500 Error: bad syntax"):
+                    self.bad_commands += 1
+                data = replacement if not prefix.endswith(b":") else replacement + data[len(prefix):]
+                break
+        try:
+            self._last_code = int(data[:3])
+        except ValueError:
+            pass
+        await super().push(data)
+        if self.bad_commands > MAX_BAD_COMMANDS and self.transport is not None:
+            await super().push(R.TOO_MANY_ERRORS.format(host=self.hostname))
+            self.transport.close()
+
+    async def close_idle(self) -> bool:
+        """Say goodbye and close if the session is between commands; return whether it closed."""
+        if self.busy or self.transport is None:
+            return False
+        try:
+            await super().push(R.SHUTTING_DOWN.format(host=self.hostname))
+        except (ConnectionError, RuntimeError):
+            pass
+        if self.transport is not None:
+            self.transport.close()
+        return True
+
+    # -- greeting ------------------------------------------------------------------
+
+    def ehlo_keywords(self) -> list[str]:
+        """Return the EHLO keywords after the greeting line."""
+        keywords = ["PIPELINING", f"SIZE {self.data_size_limit}", "ETRN"]
+        if self.tls_context and not self._tls_protocol:
+            keywords.append("STARTTLS")
+        keywords += ["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8"]
+        return keywords
+
+    async def smtp_EHLO(self, hostname: str | None) -> None:
+        if not hostname:
+            await self.push(R.SYNTAX_HELO.format(verb="EHLO"))
+            return
+        self._reset_transaction()
+        self.session.host_name = hostname
+        self.session.extended_smtp = True
+        self.state = "ehlo"
+        lines = [self.hostname, *self.ehlo_keywords()]
+        reply = "\r\n".join(f"250-{line}" for line in lines[:-1]) + f"\r\n250 {lines[-1]}"
+        await self.push(reply)
+
+    async def smtp_HELO(self, hostname: str | None) -> None:
+        if not hostname:
+            await self.push(R.SYNTAX_HELO.format(verb="HELO"))
+            return
+        self._reset_transaction()
+        self.session.host_name = hostname
+        self.session.extended_smtp = False
+        self.state = "helo"
+        await self.push(f"250 {self.hostname}")
+
+    async def smtp_NOOP(self, arg: str | None) -> None:
+        await self.push(R.OK)
+
+    async def smtp_RSET(self, arg: str | None) -> None:
+        if arg:
+            await self.push(R.NO_ARGS.format(verb="RSET"))
+            return
+        self._reset_transaction()
+        await self.push(R.RESET_OK)
+
+    async def smtp_VRFY(self, arg: str | None) -> None:
+        await self.push(R.VRFY)
+
+    async def smtp_QUIT(self, arg: str | None) -> None:
+        if arg:
+            await self.push(R.NO_ARGS.format(verb="QUIT"))
+            return
+        await self.push(R.BYE)
+        self._handler_coroutine.cancel()
+        self.transport.close()
+
+    def _reset_transaction(self) -> None:
+        self._sender = None
+        self._recipients = []
+        self._set_rset_state()
+
+    # -- mail transaction -----------------------------------------------------------
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if not self.session.host_name:
+            await self.push(R.NEED_HELO)
+            return
+        if self._sender is not None:
+            await self.push(R.NESTED_MAIL)
+            return
+        if not arg or not arg[:5].upper() == "FROM:":
+            await self.push(R.SYNTAX_MAIL)
+            return
+        try:
+            path = parse_path(arg[5:], allow_null=True)
+        except PathError as exc:
+            await self.push(R.BAD_SENDER.format(reason=exc))
+            return
+        if path.params and not self.session.extended_smtp:
+            await self.push(R.SYNTAX_MAIL)
+            return
+        reply = self._check_mail_params(path.params)
+        if reply:
+            await self.push(reply)
+            return
+        self._sender = path.address
+        self.state = "mail"
+        await self.push(R.SENDER_OK)
+
+    def _check_mail_params(self, params: dict[str, str | None]) -> str | None:
+        for name, value in params.items():
+            if name == "SIZE":
+                if value is None or not value.isdigit():
+                    return R.SIZE_BAD
+                if int(value) > self.data_size_limit:
+                    return R.SIZE_EXCEEDED.format(limit=self.data_size_limit)
+            elif name == "BODY":
+                if (value or "").upper() not in ("7BIT", "8BITMIME"):
+                    return R.BAD_BODY
+            elif name == "SMTPUTF8":
+                if value is not None:
+                    return R.SMTPUTF8_ARG
+            else:
+                return R.UNKNOWN_PARAM.format(name=name)
+        return None
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if not self.session.host_name:
+            await self.push(R.NEED_HELO)
+            return
+        if self._sender is None:
+            await self.push(R.NEED_MAIL)
+            return
+        if not arg or not arg[:3].upper() == "TO:":
+            await self.push(R.SYNTAX_RCPT)
+            return
+        try:
+            path = parse_path(arg[3:], allow_bare_postmaster=True)
+        except PathError as exc:
+            await self.push(R.BAD_RECIPIENT.format(reason=exc))
+            return
+        if path.params:
+            await self.push(R.UNKNOWN_PARAM.format(name=next(iter(path.params))))
+            return
+        if len(self._recipients) >= self.context.settings.limits.max_recipients:
+            await self.push(R.TOO_MANY_RECIPIENTS)
+            return
+        reply, recipient = await self._route_recipient(path)
+        if recipient is None:
+            self.emit(
+                f"NOQUEUE: reject: RCPT from {self.client}: {reply}; from=<{self._sender}> "
+                f"to=<{path.address}> proto={'ESMTP' if self.session.extended_smtp else 'SMTP'} "
+                f"helo=<{self.session.host_name}>", "reject",
+            )
+            await self.push(reply)
+            return
+        self._recipients.append(recipient)
+        self.state = "rcpt"
+        await self.push(R.RECIPIENT_OK)
+
+    async def _route_recipient(self, path: Any) -> tuple[str, tuple[str, str, str] | None]:
+        """Return the reply and, when accepted, (address, domain, state) for the queue."""
+        if not path.domain:  # bare <postmaster>, RFC 5321 section 4.5.1
+            postmaster = self.context.settings.postmaster
+            if postmaster:
+                domain = postmaster.rpartition("@")[2].lower()
+                route = await self.context.routes.lookup(domain)
+                state = "queued" if route is None or route.mode == "smtp" else "held"
+                return R.RECIPIENT_OK, (postmaster, domain, state)
+            return R.RECIPIENT_OK, ("postmaster", "", "held")
+        trick = relay_trick(path)
+        if trick:
+            return R.RELAY_TRICK.format(address=path.address, reason=trick), None
+        route = await self.context.routes.lookup(path.domain)
+        if route is None:
+            return R.RELAY_DENIED.format(address=path.address), None
+        address = f"{path.local}@{route.domain}"
+        state = "queued" if route.mode == "smtp" else "held"
+        return R.RECIPIENT_OK, (address, route.domain, state)
+
+    async def smtp_DATA(self, arg: str | None) -> None:
+        if not self.session.host_name:
+            await self.push(R.NEED_HELO)
+            return
+        if self._sender is None:
+            await self.push(R.NEED_MAIL)
+            return
+        if not self._recipients:
+            await self.push(R.NEED_RCPT)
+            return
+        if arg:
+            await self.push(R.NO_ARGS.format(verb="DATA"))
+            return
+        self.busy = True
+        self.state = "data"
+        try:
+            await self.push(R.START_DATA)
+            self._reset_timeout(self.context.settings.limits.data_timeout)
+            data = await self._read_data()
+            self._reset_timeout()
+            if data is None:
+                await self.push(R.SIZE_EXCEEDED.format(limit=self.data_size_limit))
+            else:
+                await self.push(await self._accept(data))
+        finally:
+            self.busy = False
+            self._reset_transaction()
+            self.state = "data-done"
+
+    async def _read_data(self) -> bytes | None:
+        """Read the message up to the final dot; return it unstuffed, or None when too large."""
+        reader = self._reader
+        limit = self.data_size_limit
+        # The CRLF that ended the DATA line belongs to the end marker of an empty message.
+        reader._buffer[0:0] = b"\r\n"
+        saved = reader._limit
+        reader._limit = limit + limit // 32 + 4096  # room for dot-stuffing
+        try:
+            raw = await reader.readuntil(b"\r\n.\r\n")
+        except asyncio.LimitOverrunError:
+            await self._discard_data()
+            return None
+        finally:
+            reader._limit = saved
+        self.bytes_in += len(raw)
+        content = unstuff(raw[2:-3])
+        if len(content) > limit:
+            return None
+        return content
+
+    async def _discard_data(self) -> None:
+        """Read and drop message data up to the end marker, keeping what follows it."""
+        reader = self._reader
+        tail = b""
+        while True:
+            chunk = tail + bytes(reader._buffer)
+            reader._buffer.clear()
+            end = chunk.find(b"\r\n.\r\n")
+            if end >= 0:
+                reader._buffer[0:0] = chunk[end + 5:]
+                return
+            tail = chunk[-4:]
+            more = await reader.read(65536)
+            if not more:
+                raise ConnectionResetError("connection closed during DATA")
+            reader._buffer[0:0] = more
+
+    def _received_header(self, queue_id: str) -> bytes:
+        tls = describe(self.transport.get_extra_info("ssl_object")) if self._tls_protocol else ""
+        proto = "ESMTP" if self.session.extended_smtp else "SMTP"
+        if tls:
+            proto += "S"
+        lines = [f"Received: from {self.session.host_name} ({self.client_name} [{self.client_ip}])"]
+        if tls:
+            lines.append(f"\t(using {tls})")
+        lines.append(f"\tby {self.hostname} (Mailkeep) with {proto} id {queue_id}")
+        stamp = formatdate(localtime=True)
+        if len(self._recipients) == 1:
+            lines.append(f"\tfor <{self._recipients[0][0]}>; {stamp}")
+        else:
+            lines[-1] += ";"
+            lines.append(f"\t{stamp}")
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
+
+    async def _accept(self, data: bytes) -> str:
+        data, changed = normalize_line_ends(data)
+        if changed:
+            self.bare_line_ends = True
+        end = data.find(b"\r\n\r\n")
+        head = data if end < 0 else data[: end + 2]
+        if len(_RECEIVED.findall(head)) >= self.context.settings.limits.max_received_headers:
+            self.emit(f"NOQUEUE: reject: DATA from {self.client}: {R.MAIL_LOOP}", "reject")
+            return R.MAIL_LOOP
+        queue_id = new_queue_id()
+        stored = self._received_header(queue_id) + data
+        message = NewMessage(
+            queue_id=queue_id, sender=self._sender or "", data=stored,
+            recipients=list(self._recipients), client=self.client,
+            helo=self.session.host_name or "", body_8bit=not data.isascii(),
+        )
+        try:
+            await self.context.db.write(enqueue, message)
+        except Exception as exc:
+            self.emit(f"error: storing a message from {self.client} failed: {exc}", "error",
+                      logging.ERROR)
+            return R.STORE_FAILED
+        self._log_queued(message, head)
+        if self.context.scheduler is not None:
+            self.context.scheduler.wake()
+        return R.QUEUED.format(queue_id=queue_id)
+
+    def _log_queued(self, message: NewMessage, head: bytes) -> None:
+        qid = message.queue_id
+        self.emit(f"{qid}: client={self.client}", "client")
+        match = _MESSAGE_ID.search(head)
+        if match:
+            self.emit(f"{qid}: message-id={match.group(1).decode('utf-8', 'replace')}", "message-id")
+        self.context.bus.emit(
+            "qmgr", self.number,
+            f"{qid}: from=<{message.sender}>, size={len(message.data)}, "
+            f"nrcpt={len(message.recipients)} (queue active)",
+            "queued", queue_id=qid, size=len(message.data),
+            domains=sorted({r[1] for r in message.recipients}),
+        )

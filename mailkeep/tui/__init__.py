@@ -1,0 +1,1 @@
+"""The administration console (Textual); not built yet."""

@@ -325,6 +325,42 @@ def _queue_flush(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+# -- etrn client --------------------------------------------------------------------
+
+
+def cmd_etrn(settings: Settings, args: argparse.Namespace) -> int:
+    """Send ETRN to a server, print its reply, and fail on 4xx and 5xx."""
+    import smtplib
+    import ssl
+
+    from .config import parse_hostport
+
+    host, port = parse_hostport(args.server, "--server", default_port=25)
+    if args.account:
+        if not args.password_stdin and not sys.stdin.isatty():
+            raise CommandError("no terminal to ask for the password; pass --password-stdin")
+        password = _read_secret(args.password_stdin, "password", confirm=False) \
+            if args.password_stdin else getpass.getpass(f"Password of {args.account}: ")
+        argument = f"{args.account};{password}"
+    elif args.domain:
+        argument = args.domain
+    else:
+        raise CommandError("give a DOMAIN, or --account NAME for the authenticated form")
+    try:
+        with smtplib.SMTP(host, port, local_hostname=args.helo, timeout=args.timeout) as smtp:
+            smtp.ehlo()
+            if args.starttls:
+                context = ssl.create_default_context(cafile=args.cafile) if args.cafile \
+                    else ssl._create_unverified_context()
+                smtp.starttls(context=context)
+                smtp.ehlo()
+            code, text = smtp.docmd("ETRN", argument)
+    except (OSError, smtplib.SMTPException) as exc:
+        raise CommandError(f"ETRN to {host}:{port} failed: {exc}") from None
+    print(f"{code} {text.decode('utf-8', 'replace')}")
+    return 0 if 200 <= code < 400 else (4 if code < 500 else 5)
+
+
 # -- argument parsing ---------------------------------------------------------------
 
 
@@ -393,10 +429,28 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("ids", nargs="+", metavar="ID", help="queue ids, ALL, or - for standard input")
     flush = queue_actions.add_parser("flush", help="deliver a domain's held and deferred mail now")
     flush.add_argument("domain")
+
+    trigger = commands.add_parser(
+        "etrn", help="ask a server to deliver held mail (ETRN client)",
+        description="Send ETRN DOMAIN, or ETRN ACCOUNT;PASSWORD with --account, print the "
+                    "server's reply, and exit 0 on 2xx, 4 on 4xx, 5 on 5xx and 1 when the "
+                    "server cannot be reached.")
+    trigger.add_argument("domain", nargs="?", help="domain whose mail to deliver")
+    trigger.add_argument("--server", required=True, metavar="HOST[:PORT]",
+                         help="the Mailkeep server (port 25 when omitted)")
+    trigger.add_argument("--account", help="use the authenticated form for this account")
+    trigger.add_argument("--password-stdin", action="store_true",
+                         help="read the account's password from standard input")
+    trigger.add_argument("--starttls", action="store_true",
+                         help="encrypt the session first (the password then travels inside TLS)")
+    trigger.add_argument("--cafile", help="CA file that verifies the server's certificate with --starttls")
+    trigger.add_argument("--helo", default=None, help="name to send in EHLO (default: this host's name)")
+    trigger.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the server")
     return parser
 
 
-HANDLERS = {"serve": cmd_serve, "account": cmd_account, "domain": cmd_domain, "queue": cmd_queue}
+HANDLERS = {"serve": cmd_serve, "account": cmd_account, "domain": cmd_domain, "queue": cmd_queue,
+            "etrn": cmd_etrn}
 
 
 def main(argv: list[str] | None = None) -> int:

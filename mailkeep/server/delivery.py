@@ -25,7 +25,7 @@ from ..store.models import HELD_MODES
 from ..store.queue import Job, NewMessage, Outcome, claim_due, enqueue, load_data, new_queue_id
 from ..store.queue import record_outcomes, release_delivering
 from . import dsn
-from .client import Reply, SMTPClient, SMTPClientError
+from .client import SMTPClient, SMTPClientError
 from .context import Context
 from .tls import client_context
 
@@ -35,6 +35,8 @@ CLAIM_BATCH = 500
 LOAD_BATCH = 16
 HIGH_WATER = 5000
 """Claimed jobs waiting for a connection beyond which the scheduler stops claiming."""
+SWEEP_INTERVAL = 300.0
+"""Seconds between checks for held mail that outlived its domain's retention."""
 
 
 @dataclass(frozen=True)
@@ -73,11 +75,34 @@ def backoff(settings_queue, attempts: int) -> float:
     return min(settings_queue.retry_max, settings_queue.retry_min * (2 ** min(attempts, 20)))
 
 
+@dataclass
+class BounceRequest:
+    """A notification to build inside the commit that records the failures."""
+
+    job: Job
+    failures: list[dsn.Failure]
+    hostname: str
+    state: str
+    """Queue state of the notification's recipient: ``queued`` or ``held``."""
+    notice_id: str = ""
+    """Queue id of the notification."""
+
+
 def _record_with_bounces(conn, outcomes: list[Outcome], message_ids: list[int],
-                         bounces: list[NewMessage]) -> None:
+                         bounces: list[BounceRequest]) -> None:
+    # The notification is queued in the same transaction that drops the failed
+    # recipients, so a crash cannot lose one without the other.
+    for request in bounces:
+        job = request.job
+        row = conn.execute("SELECT data FROM message WHERE id = ?", (job.message_id,)).fetchone()
+        original = bytes(row[0]) if row else b""
+        body = dsn.build(request.hostname, job.queue_id, job.sender, job.arrived,
+                         request.failures, original)
+        domain = job.sender.rpartition("@")[2].lower()
+        enqueue(conn, NewMessage(queue_id=request.notice_id, sender="", data=body,
+                                 recipients=[(job.sender, domain, request.state)],
+                                 client="local", helo=request.hostname, is_bounce=True))
     record_outcomes(conn, outcomes, message_ids)
-    for message in bounces:
-        enqueue(conn, message)
 
 
 class Delivery:
@@ -133,44 +158,69 @@ class Delivery:
         result = await self.client.send(job.sender, addresses, data, job.body_8bit,
                                         smtputf8=not (job.sender + "".join(addresses)).isascii())
         finished = time.time()
+        delays = (f"{format_seconds(started - job.arrived)}/0/"
+                  f"{format_seconds(self.setup_seconds)}/{format_seconds(finished - started)}")
         outcomes, failures = [], []
         for rid, address, _domain, attempts in job.recipients:
             reply = result.recipients[address]
-            outcome = self._outcome(job, rid, address, attempts, reply, finished)
+            if reply.ok:
+                status = "sent"
+            elif reply.temporary:
+                status = self.fail_state
+            else:
+                status = "bounced"
+            outcome, failure = self._settle_outcome(job, rid, address, attempts, status, reply.text,
+                                                    reply.enhanced, finished, delays)
             outcomes.append(outcome)
-            delays = (f"{format_seconds(started - job.arrived)}/0/"
-                      f"{format_seconds(self.setup_seconds)}/{format_seconds(finished - started)}")
-            self._log(job, address, reply.enhanced, outcome.status, reply.text, finished, delays)
-            if outcome.status == "bounced":
-                failures.append(dsn.Failure(address, _failure_status(reply), reply.text,
-                                            self.client.peer_name or self.relay))
+            if failure:
+                failures.append(failure)
         self.sent += 1
-        self._record(outcomes, [job], self._bounces(job, failures, data))
+        self._record(outcomes, [job], failures)
 
-    def _outcome(self, job: Job, rid: int, address: str, attempts: int, reply: Reply,
-                 now: float) -> Outcome:
-        if reply.ok:
-            status = "sent"
-        elif reply.temporary:
-            status = self.fail_state
-        else:
+    def _settle_outcome(self, job: Job, rid: int, address: str, attempts: int, status: str,
+                        reply: str, code: str, now: float,
+                        delays: str) -> tuple[Outcome, dsn.Failure | None]:
+        """Turn one recipient's result into an outcome, bouncing it when its time is up."""
+        lifetime = self.context.settings.queue.lifetime
+        expired = status == "deferred" and now - job.arrived > lifetime
+        self._log(job, address, code, status, reply, now, delays)
+        failure = None
+        if status == "bounced":
+            failure = dsn.Failure(address, code if code[0] == "5" else "5.0.0", reply,
+                                  self.client.peer_name or self.relay)
+        elif expired:
             status = "bounced"
+            failure = dsn.Failure(address, "4.4.7", f"delivery time expired; last error: {reply}")
+            self.context.bus.emit("qmgr", self.session, f"{job.queue_id}: to=<{address}>, "
+                                  f"status=expired, returned to sender", "expired")
         next_attempt = 0.0
         if status == "deferred":
             next_attempt = now + backoff(self.context.settings.queue, attempts)
-        return Outcome(rid, job.message_id, address, status, reply.text, self.relay, next_attempt)
+        return Outcome(rid, job.message_id, address, status, reply, self.relay, next_attempt), failure
 
     def fail(self, jobs: Iterable[Job], reason: str) -> None:
         """Record a temporary failure for every recipient of ``jobs``."""
         now = time.time()
         for job in jobs:
-            outcomes = []
+            outcomes, failures = [], []
             for rid, address, _domain, attempts in job.recipients:
-                next_attempt = now + backoff(self.context.settings.queue, attempts)
-                outcomes.append(Outcome(rid, job.message_id, address, self.fail_state, reason,
-                                        self.relay, next_attempt if self.fail_state == "deferred" else 0.0))
-                self._log(job, address, "4.4.2", self.fail_state, reason, now, "")
-            self._record(outcomes, [job], [])
+                outcome, failure = self._settle_outcome(job, rid, address, attempts,
+                                                        self.fail_state, reason, "4.4.1", now, "")
+                outcomes.append(outcome)
+                if failure:
+                    failures.append(failure)
+            self._record(outcomes, [job], failures)
+
+    def expire(self, jobs: Iterable[Job], reason: str) -> None:
+        """Return every recipient of ``jobs`` to its sender without an attempt."""
+        now = time.time()
+        for job in jobs:
+            outcomes, failures = [], []
+            for rid, address, _domain, _attempts in job.recipients:
+                self._log(job, address, "4.4.7", "expired", reason, now, "")
+                outcomes.append(Outcome(rid, job.message_id, address, "bounced", reason, self.relay))
+                failures.append(dsn.Failure(address, "4.4.7", reason))
+            self._record(outcomes, [job], failures)
 
     def _log(self, job: Job, address: str, code: str, status: str, reply: str, now: float,
              delays: str) -> None:
@@ -181,24 +231,19 @@ class Delivery:
         if delays:
             fields.append(f"delays={delays}")
         fields += [f"dsn={code}", f"status={status} ({reply})"]
-        level = logging.INFO
         self.context.bus.emit("smtp", self.session, f"{job.queue_id}: " + ", ".join(fields),
-                              status, level, queue_id=job.queue_id, to=address, relay=self.relay)
+                              status, queue_id=job.queue_id, to=address, relay=self.relay)
 
-    def _bounces(self, job: Job, failures: list[dsn.Failure], data: bytes) -> list[NewMessage]:
-        if not failures:
-            return []
-        return bounce_messages(self.context, job, failures, data)
-
-    def _record(self, outcomes: list[Outcome], jobs: list[Job], bounces: list[NewMessage]) -> None:
+    def _record(self, outcomes: list[Outcome], jobs: list[Job], failures: list[dsn.Failure]) -> None:
+        bounces = []
+        if failures:
+            request = bounce_request(self.context, jobs[0], failures, self.session)
+            if request:
+                bounces.append(request)
         future = self.context.db.write(_record_with_bounces, outcomes, [j.message_id for j in jobs],
                                        bounces)
         self.pending.add(future)
         future.add_done_callback(self._recorded)
-        for message in bounces:
-            self.context.bus.emit("bounce", self.session,
-                                  f"{jobs[0].queue_id}: sender non-delivery notification: "
-                                  f"{message.queue_id}", "bounce")
 
     def _recorded(self, future: asyncio.Future) -> None:
         self.pending.discard(future)
@@ -217,30 +262,22 @@ class Delivery:
             await asyncio.gather(*list(self.pending), return_exceptions=True)
 
 
-def _failure_status(reply: Reply) -> str:
-    code = reply.enhanced
-    return code if code[0] == "5" else "5.0.0"
-
-
-def bounce_messages(context: Context, job: Job, failures: list[dsn.Failure],
-                    data: bytes) -> list[NewMessage]:
-    """Build the notification for ``failures`` unless the sender must not get one."""
+def bounce_request(context: Context, job: Job, failures: list[dsn.Failure],
+                   session: int = 0) -> BounceRequest | None:
+    """Prepare the notification for ``failures``, or None when the sender must not get one."""
     if job.is_bounce or not job.sender:
-        # No notification to the null sender, and none about a notification (RFC 3461 loop rule).
-        context.bus.emit("bounce", 0, f"{job.queue_id}: no notification: "
-                         f"{'sender is <>' if not job.sender else 'message is a notification'}",
+        # No notification to the null sender, and none about a notification, so bounces never loop.
+        why = "sender is <>" if not job.sender else "message is itself a notification"
+        context.bus.emit("bounce", session, f"{job.queue_id}: no notification: {why}",
                          "bounce-dropped")
-        return []
-    settings = context.settings
-    body = dsn.build(settings.hostname, job.queue_id, job.sender, job.arrived, failures, data)
+        return None
     domain = job.sender.rpartition("@")[2].lower()
     route = context.routes.get(domain)
-    state = "queued"
-    if route is not None and route.mode != "smtp":
-        state = "held"
-    return [NewMessage(queue_id=new_queue_id(), sender="", data=body,
-                       recipients=[(job.sender, domain, state)], client="local",
-                       helo=settings.hostname, is_bounce=True)]
+    state = "held" if route is not None and route.mode != "smtp" else "queued"
+    request = BounceRequest(job, failures, context.settings.hostname, state, new_queue_id())
+    context.bus.emit("bounce", session, f"{job.queue_id}: sender non-delivery notification: "
+                     f"{request.notice_id}", "bounce")
+    return request
 
 
 async def open_client(context: Context, target: Target, use_tls: bool = True) -> tuple[SMTPClient, str]:
@@ -403,7 +440,11 @@ class Scheduler:
     async def run(self) -> None:
         """Claim and dispatch due mail until cancelled."""
         await self.context.db.write(release_delivering)
+        last_sweep = 0.0
         while self.running:
+            if time.monotonic() - last_sweep > SWEEP_INTERVAL:
+                last_sweep = time.monotonic()
+                await self._sweep()
             try:
                 more = await self.dispatch_due()
             except Exception:
@@ -417,6 +458,14 @@ class Scheduler:
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
+
+    async def _sweep(self) -> None:
+        from .trigger import expire_held  # trigger builds on this module
+
+        try:
+            await expire_held(self.context)
+        except Exception:
+            log.exception("returning expired held mail failed", extra={"service": "qmgr", "session": 0})
 
     async def dispatch_due(self) -> bool:
         """Claim one batch of due mail; return whether more may be waiting."""

@@ -24,7 +24,9 @@ from aiosmtpd.smtp import SMTP
 from ..events import next_session
 from ..store.queue import NewMessage, enqueue, new_queue_id
 from . import replies as R
+from . import etrn
 from .address import PathError, parse_path, relay_trick
+from .auth import Login, check_password, decode_base64_text, decode_plain, record_failure
 from .context import Context
 from .tls import describe
 
@@ -125,6 +127,7 @@ class SMTPSession(SMTP):
         self.bytes_in = 0
         self.state = "connected"
         self.account = ""
+        self.login: Login | None = None
         self._last_code = 0
         self._sender: str | None = None
         self._recipients: list[tuple[str, str, str]] = []
@@ -239,11 +242,22 @@ class SMTPSession(SMTP):
 
     # -- greeting ------------------------------------------------------------------
 
+    @property
+    def plaintext_allowed(self) -> bool:
+        """Whether PLAIN and LOGIN may be used now: over TLS, or where the config allows it."""
+        return bool(self._tls_protocol) or self.context.settings.auth.allow_plaintext
+
+    def auth_mechanisms(self) -> list[str]:
+        return ["PLAIN", "LOGIN"] if self.plaintext_allowed else []
+
     def ehlo_keywords(self) -> list[str]:
         """Return the EHLO keywords after the greeting line."""
         keywords = ["PIPELINING", f"SIZE {self.data_size_limit}", "ETRN"]
         if self.tls_context and not self._tls_protocol:
             keywords.append("STARTTLS")
+        mechanisms = self.auth_mechanisms()
+        if mechanisms:
+            keywords.append("AUTH " + " ".join(mechanisms))
         keywords += ["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8"]
         return keywords
 
@@ -518,3 +532,175 @@ class SMTPSession(SMTP):
             "queued", queue_id=qid, size=len(message.data),
             domains=sorted({r[1] for r in message.recipients}),
         )
+
+    # -- ETRN (RFC 1985) -------------------------------------------------------------
+
+    async def smtp_ETRN(self, arg: str | None) -> None:
+        if not self.session.host_name:
+            await self.push(etrn.NEED_HELO)
+            return
+        if self._sender is not None:
+            await self.push(etrn.IN_TRANSACTION)
+            return
+        try:
+            request = etrn.parse(arg)
+        except etrn.ETRNSyntaxError:
+            await self.push(etrn.SYNTAX_ARGS)
+            return
+        reply = await self._etrn(request)
+        self.emit(f"ETRN {request.shown} from {self.client}"
+                  f"{f' sasl_username={self.login.name}' if self.login else ''}: {reply}", "etrn")
+        await self.push(reply)
+
+    async def _etrn(self, request: etrn.Request) -> str:
+        from .trigger import trigger
+
+        if self.context.stopping:
+            return etrn.UNABLE.format(node=request.node)
+        login = self.login
+        if request.form == "account":
+            login = await self._etrn_login(request)
+            if login is None:
+                return self._etrn_refusal
+            routes = [r for r in self.context.routes.routes.values()
+                      if r.account_id == login.account_id and r.mode in ("etrn", "odmr")]
+        else:
+            routes = await self._etrn_routes(request)
+            if not routes:
+                return etrn.NOT_ALLOWED.format(node=request.node, reason=etrn.REASON_NOT_HOSTED)
+        requester = self.client_ip if login else None
+        count = 0
+        started = False
+        refusal = ""
+        for route in routes:
+            if login and route.account_id != login.account_id:
+                refusal = refusal or etrn.REASON_NOT_OWNER
+                continue
+            if route.mode == "pop3":
+                refusal = refusal or etrn.REASON_POP3
+                continue
+            try:
+                count += await trigger(self.context, route, requester, self.number)
+                started = True
+            except LookupError:
+                refusal = refusal or etrn.REASON_NO_HOST
+            except Exception as exc:
+                self.emit(f"error: ETRN {request.shown}: {exc}", "error", logging.ERROR)
+                return etrn.UNABLE.format(node=request.node)
+        if not started and refusal:
+            return etrn.NOT_ALLOWED.format(node=request.node, reason=refusal)
+        return etrn.count_reply(request.node, count)
+
+    async def _etrn_routes(self, request: etrn.Request) -> list:
+        routes = self.context.routes
+        if request.form == "subdomains":
+            await routes.lookup(request.node)
+            return [r for name, r in sorted(routes.routes.items())
+                    if name == request.node or name.endswith("." + request.node)]
+        route = await routes.lookup(request.node)
+        return [route] if route else []
+
+    async def _etrn_login(self, request: etrn.Request) -> Login | None:
+        locked = self.context.logins.locked(self.client_ip)
+        if locked:
+            self._etrn_refusal = etrn.NOT_ALLOWED.format(
+                node=request.node, reason=etrn.REASON_LOCKED.format(minutes=max(1, round(locked / 60))))
+            return None
+        login = await check_password(self.context, request.node, request.password)
+        if login is None:
+            await record_failure(self.context, self.client_ip)
+            self._etrn_refusal = etrn.NOT_ALLOWED.format(node=request.node, reason=etrn.REASON_AUTH)
+            return None
+        self.context.logins.succeeded(self.client_ip)
+        return login
+
+    # -- AUTH (RFC 4954) ---------------------------------------------------------------
+
+    async def _read_auth_line(self) -> str | None:
+        try:
+            raw = await asyncio.wait_for(self._reader.readline(), self.context.settings.limits.command_timeout)
+        except (asyncio.TimeoutError, ConnectionError, asyncio.LimitOverrunError, ValueError):
+            return None
+        if not raw:
+            return None
+        return raw.decode("utf-8", "replace").rstrip("\r\n")
+
+    async def _challenge(self, text: str) -> str | None:
+        """Send a 334 challenge and return the client's response; None when it cancelled."""
+        await self.push(f"334 {text}")
+        line = await self._read_auth_line()
+        if line is None or line == "*":
+            return None
+        return line
+
+    async def smtp_AUTH(self, arg: str | None) -> None:
+        if not self.session.host_name or not self.session.extended_smtp:
+            await self.push(R.AUTH_NEED_EHLO)
+            return
+        if self.login is not None:
+            await self.push(R.AUTH_ALREADY)
+            return
+        if self._sender is not None:
+            await self.push(R.AUTH_IN_TRANSACTION)
+            return
+        mechanism, _, initial = (arg or "").partition(" ")
+        mechanism = mechanism.upper()
+        if mechanism not in ("PLAIN", "LOGIN"):
+            await self.push(R.AUTH_UNKNOWN_MECHANISM)
+            return
+        if not self.plaintext_allowed:
+            await self.push(R.AUTH_NEED_TLS)
+            return
+        locked = self.context.logins.locked(self.client_ip)
+        if locked:
+            await self.push(R.AUTH_LOCKED)
+            return
+        credentials = await self._auth_credentials(mechanism, initial.strip())
+        if credentials is None:
+            return
+        name, password = credentials
+        login = await check_password(self.context, name, password)
+        if login is None:
+            await record_failure(self.context, self.client_ip)
+            self.emit(f"warning: {self.client}: SASL {mechanism} authentication failed",
+                      "auth-failed", logging.WARNING)
+            await self.push(R.AUTH_FAILED)
+            return
+        self.context.logins.succeeded(self.client_ip)
+        self.login = login
+        self.account = login.name
+        self.emit(f"client={self.client}, sasl_method={mechanism}, sasl_username={login.name}",
+                  "auth", account=login.name)
+        await self.push(R.AUTH_OK)
+
+    async def _auth_credentials(self, mechanism: str, initial: str) -> tuple[str, str] | None:
+        if mechanism == "PLAIN":
+            response = initial if initial and initial != "=" else await self._challenge("")
+            if response is None:
+                await self.push(R.AUTH_CANCELLED)
+                return None
+            decoded = decode_plain(response)
+            if decoded is None:
+                await self.push(R.AUTH_BAD_ENCODING)
+                return None
+            return decoded[1], decoded[2]
+        if initial:
+            name = decode_base64_text(initial)
+        else:
+            response = await self._challenge("VXNlcm5hbWU6")
+            name = decode_base64_text(response) if response is not None else None
+            if response is None:
+                await self.push(R.AUTH_CANCELLED)
+                return None
+        if name is None:
+            await self.push(R.AUTH_BAD_ENCODING)
+            return None
+        response = await self._challenge("UGFzc3dvcmQ6")
+        if response is None:
+            await self.push(R.AUTH_CANCELLED)
+            return None
+        password = decode_base64_text(response)
+        if password is None:
+            await self.push(R.AUTH_BAD_ENCODING)
+            return None
+        return name, password

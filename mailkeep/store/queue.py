@@ -215,3 +215,29 @@ def next_due(conn: sqlite3.Connection) -> float | None:
         " WHERE r.state IN ('queued', 'deferred') AND m.hold = 0 AND m.delivering = 0"
     ).fetchone()
     return row[0] if row else None
+
+
+def retry_domain(conn: sqlite3.Connection, domain: str) -> int:
+    """Make the domain's queued and deferred recipients due now; return how many messages."""
+    count = conn.execute(
+        "SELECT COUNT(DISTINCT message_id) FROM recipient WHERE domain = ?"
+        " AND state IN ('queued', 'deferred')", (domain,)
+    ).fetchone()[0]
+    conn.execute(
+        "UPDATE recipient SET state = 'queued', next_attempt = 0"
+        " WHERE domain = ? AND state IN ('queued', 'deferred')", (domain,)
+    )
+    return count
+
+
+def claim_expired_held(conn: sqlite3.Connection, domain: str, cutoff: float) -> list[Job]:
+    """Claim held recipients of ``domain`` in messages that arrived before ``cutoff``."""
+    rows = conn.execute(
+        f"SELECT {_JOB_COLUMNS} FROM recipient r JOIN message m ON m.id = r.message_id"
+        " WHERE r.domain = ? AND r.state = 'held' AND m.arrived < ? AND m.hold = 0"
+        " AND m.delivering = 0 ORDER BY m.id, r.id LIMIT 1000",
+        (domain, cutoff),
+    ).fetchall()
+    jobs = _jobs_from_rows(rows)
+    _mark_delivering(conn, jobs)
+    return jobs

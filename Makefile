@@ -37,7 +37,7 @@ test-deps:
 	fi
 
 run: $(STAMP)
-	$(BIN)/mailkeep --config $(CONFIG) serve --no-tui
+	$(BIN)/mailkeep --config $(CONFIG) serve --no-tui --hint
 
 test: $(TEST_STAMP) test-deps
 	$(BIN)/python -m pytest

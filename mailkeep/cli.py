@@ -107,8 +107,12 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         if smtp and args.hint:
             host, _, port = smtp.rpartition(":")
             host = "127.0.0.1" if host in ("0.0.0.0", "[::]") else host.strip("[]")
-            print(f"mailkeep: send a first message with: swaks --server {host}:{port} "
-                  f"--to postmaster@example.test --from you@example.net", file=sys.stderr, flush=True)
+            config = f" --config {settings.path}" if settings.path else ""
+            print("mailkeep: send a first message (to the postmaster, which every MX accepts) with:\n"
+                  f"  python3 -c \"import smtplib; smtplib.SMTP('{host}', {port}).sendmail("
+                  f"'you@example.net', ['postmaster'], 'Subject: hello\\r\\n\\r\\nfirst message\\r\\n')\"\n"
+                  f"mailkeep: then see it queued with: .venv/bin/mailkeep{config} queue list",
+                  file=sys.stderr, flush=True)
 
     try:
         return asyncio.run(serve(settings, ready))
@@ -378,7 +382,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run every listener and the delivery workers")
     serve.add_argument("--no-tui", action="store_true",
                        help="run headless and log to standard error (the default without a terminal)")
-    serve.add_argument("--no-hint", dest="hint", action="store_false", help=argparse.SUPPRESS)
+    serve.add_argument("--hint", action="store_true", help=argparse.SUPPRESS)
 
     account = commands.add_parser("account", help="manage customer accounts")
     account_actions = account.add_subparsers(dest="action", metavar="ACTION", required=True)

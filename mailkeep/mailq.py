@@ -32,6 +32,8 @@ def _reason(message: QueuedMessage, recipient, modes: dict[str, str]) -> str:
         return recipient.last_error
     if message.hold:
         return "on hold by the administrator"
+    if recipient.state == "held" and not recipient.domain:
+        return "held for the local postmaster; set postmaster in the config to forward it"
     if recipient.state == "held":
         return HELD_REASONS.get(modes.get(recipient.domain, ""), "held until the domain is flushed")
     return ""

@@ -13,6 +13,7 @@ import asyncio
 import getpass
 import json
 import os
+import secrets
 import sqlite3
 import sys
 import time
@@ -138,6 +139,21 @@ def cmd_account(settings: Settings, args: argparse.Namespace) -> int:
             session.add(account)
             session.commit()
             print(f"password of {args.name} changed", file=sys.stderr)
+        elif args.action == "secret":
+            account = accounts.get_account(session, args.name)
+            if args.secret_stdin:
+                secret = _read_secret(True, "secret")
+            else:
+                secret = secrets.token_urlsafe(18)
+            account.shared_secret = secret
+            session.add(account)
+            session.commit()
+            if args.secret_stdin:
+                print(f"CRAM-MD5 secret of {args.name} set", file=sys.stderr)
+            else:
+                print(secret)
+                print(f"new CRAM-MD5 secret of {args.name} printed above; it is shown only once",
+                      file=sys.stderr)
         elif args.action == "remove":
             accounts.remove_account(session, args.name)
             print(f"account {args.name} removed", file=sys.stderr)
@@ -391,6 +407,11 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("name")
         sub.add_argument("--password-stdin", action="store_true",
                          help="read the password from the first line of standard input")
+    secret = account_actions.add_parser(
+        "secret", help="generate and print a new CRAM-MD5 secret (ODMR, AUTH), or set one")
+    secret.add_argument("name")
+    secret.add_argument("--secret-stdin", action="store_true",
+                        help="read the secret from the first line of standard input")
     account_actions.add_parser("remove", help="remove an account that owns no domain").add_argument("name")
     account_actions.add_parser("list", help="list accounts and their domains")
 

@@ -16,6 +16,7 @@ from .context import Context
 from .delivery import Scheduler
 from .limiter import ConnectionLimiter, LoginThrottle
 from .routes import Routes
+from .odmr import ODMRSession
 from .smtpd import SMTPSession
 from .tls import certificate_paths, server_context
 
@@ -75,6 +76,8 @@ class Server:
         try:
             for address in settings.listen.smtp:
                 await self._listen("smtp", address, lambda: SMTPSession(context))
+            for address in settings.listen.odmr:
+                await self._listen("odmr", address, lambda: ODMRSession(context))
         except StartupError:
             await self._close_listeners()
             db.close()

@@ -10,6 +10,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
+import hmac
+import secrets
+import time
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
@@ -47,6 +51,28 @@ async def check_password(context: Context, name: str, password: str) -> Login | 
     stored = found[1] if found else ""
     ok = await asyncio.to_thread(_verify, stored, password)
     if not found or not stored or not ok or not found[3]:
+        return None
+    return Login(found[0], name)
+
+
+def cram_challenge(hostname: str) -> str:
+    """Make a CRAM-MD5 challenge (RFC 2195): a unique msg-id-like string."""
+    return f"<{secrets.randbelow(10**12)}.{time.time_ns()}@{hostname}>"
+
+
+async def check_cram(context: Context, challenge: str, response: str) -> Login | None:
+    """Check a CRAM-MD5 response ``"name hexdigest"`` against the account's shared secret.
+
+    The digest is HMAC-MD5 of the challenge keyed with the secret, compared in
+    constant time. An account without a secret cannot log in this way.
+    """
+    name, _, digest = response.strip().rpartition(" ")
+    if not name or not digest:
+        return None
+    found = await context.db.read(find_account, name)
+    secret = found[2] if found else ""
+    expected = hmac.new((secret or "-").encode(), challenge.encode(), hashlib.md5).hexdigest()
+    if not hmac.compare_digest(expected, digest.lower()) or not found or not secret or not found[3]:
         return None
     return Login(found[0], name)
 

@@ -33,4 +33,6 @@ class Context:
     tls: ssl.SSLContext | None = None
     scheduler: "Scheduler | None" = None
     sessions: dict[int, Any] = field(default_factory=dict)
+    atrn_domains: set[str] = field(default_factory=set)
+    """Domains an ATRN session is draining now; a second session for them gets 451."""
     stopping: bool = False

@@ -12,6 +12,7 @@ committed to disk.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import logging
 import re
@@ -26,7 +27,8 @@ from ..store.queue import NewMessage, enqueue, new_queue_id
 from . import replies as R
 from . import etrn
 from .address import PathError, parse_path, relay_trick
-from .auth import Login, check_password, decode_base64_text, decode_plain, record_failure
+from .auth import Login, check_cram, check_password, cram_challenge, decode_base64_text
+from .auth import decode_plain, record_failure
 from .context import Context
 from .tls import describe
 
@@ -248,11 +250,12 @@ class SMTPSession(SMTP):
         return bool(self._tls_protocol) or self.context.settings.auth.allow_plaintext
 
     def auth_mechanisms(self) -> list[str]:
-        return ["PLAIN", "LOGIN"] if self.plaintext_allowed else []
+        # CRAM-MD5 never sends the secret, so it is offered before TLS too (RFC 2645 needs it).
+        return ["CRAM-MD5", "PLAIN", "LOGIN"] if self.plaintext_allowed else ["CRAM-MD5"]
 
     def ehlo_keywords(self) -> list[str]:
         """Return the EHLO keywords after the greeting line."""
-        keywords = ["PIPELINING", f"SIZE {self.data_size_limit}", "ETRN"]
+        keywords = ["PIPELINING", f"SIZE {self.data_size_limit}", "ETRN", "ATRN"]
         if self.tls_context and not self._tls_protocol:
             keywords.append("STARTTLS")
         mechanisms = self.auth_mechanisms()
@@ -645,21 +648,25 @@ class SMTPSession(SMTP):
             return
         mechanism, _, initial = (arg or "").partition(" ")
         mechanism = mechanism.upper()
-        if mechanism not in ("PLAIN", "LOGIN"):
+        if mechanism not in ("CRAM-MD5", "PLAIN", "LOGIN"):
             await self.push(R.AUTH_UNKNOWN_MECHANISM)
             return
-        if not self.plaintext_allowed:
+        if mechanism != "CRAM-MD5" and not self.plaintext_allowed:
             await self.push(R.AUTH_NEED_TLS)
             return
         locked = self.context.logins.locked(self.client_ip)
         if locked:
             await self.push(R.AUTH_LOCKED)
             return
-        credentials = await self._auth_credentials(mechanism, initial.strip())
-        if credentials is None:
-            return
-        name, password = credentials
-        login = await check_password(self.context, name, password)
+        if mechanism == "CRAM-MD5":
+            login = await self._auth_cram()
+            if login is False:
+                return
+        else:
+            credentials = await self._auth_credentials(mechanism, initial.strip())
+            if credentials is None:
+                return
+            login = await check_password(self.context, *credentials)
         if login is None:
             await record_failure(self.context, self.client_ip)
             self.emit(f"warning: {self.client}: SASL {mechanism} authentication failed",
@@ -672,6 +679,24 @@ class SMTPSession(SMTP):
         self.emit(f"client={self.client}, sasl_method={mechanism}, sasl_username={login.name}",
                   "auth", account=login.name)
         await self.push(R.AUTH_OK)
+
+    async def _auth_cram(self) -> Login | None | bool:
+        """Run the CRAM-MD5 exchange; False when the client cancelled or sent bad data."""
+        challenge = cram_challenge(self.hostname)
+        response = await self._challenge(base64.b64encode(challenge.encode()).decode())
+        if response is None:
+            await self.push(R.AUTH_CANCELLED)
+            return False
+        decoded = decode_base64_text(response)
+        if decoded is None:
+            await self.push(R.AUTH_BAD_ENCODING)
+            return False
+        return await check_cram(self.context, challenge, decoded)
+
+    async def smtp_ATRN(self, arg: str | None) -> None:
+        from .odmr import atrn  # odmr builds on this module
+
+        await atrn(self, arg)
 
     async def _auth_credentials(self, mechanism: str, initial: str) -> tuple[str, str] | None:
         if mechanism == "PLAIN":

@@ -115,6 +115,16 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
                   f"mailkeep: then see it queued with: .venv/bin/mailkeep{config} queue list",
                   file=sys.stderr, flush=True)
 
+    if _console_wanted(args):
+        from .tui.app import run_console
+        from .server.app import Server
+
+        setup_logging(settings.hostname, stream=_console_log(settings))
+        try:
+            return asyncio.run(run_console(Server(settings)))
+        except StartupError as exc:
+            _print_error(str(exc))
+            return 1
     try:
         return asyncio.run(serve(settings, ready))
     except StartupError as exc:
@@ -122,6 +132,21 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+
+
+def _console_wanted(args: argparse.Namespace) -> bool:
+    """Run the console unless --no-tui, no terminal, or a systemd service (INVOCATION_ID)."""
+    if args.no_tui or os.environ.get("INVOCATION_ID"):
+        return False
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def _console_log(settings: Settings):
+    """Open the log file used while the console owns the terminal."""
+    path = os.path.join(settings.data_dir, "mailkeep.log")
+    os.makedirs(settings.data_dir, exist_ok=True)
+    print(f"mailkeep: starting the console; the log goes to {path}", file=sys.stderr)
+    return open(path, "a", buffering=1, encoding="utf-8")
 
 
 # -- account ------------------------------------------------------------------------
@@ -154,6 +179,12 @@ def cmd_account(settings: Settings, args: argparse.Namespace) -> int:
                 print(secret)
                 print(f"new CRAM-MD5 secret of {args.name} printed above; it is shown only once",
                       file=sys.stderr)
+        elif args.action in ("enable", "disable"):
+            account = accounts.get_account(session, args.name)
+            account.enabled = args.action == "enable"
+            session.add(account)
+            session.commit()
+            print(f"account {args.name} {args.action}d", file=sys.stderr)
         elif args.action == "remove":
             accounts.remove_account(session, args.name)
             print(f"account {args.name} removed", file=sys.stderr)
@@ -225,10 +256,11 @@ def _resolve(conn, ids: list[str]) -> list[int]:
         return [row[0] for row in conn.execute("SELECT id FROM message")]
     found = inspect.resolve_ids(conn, ids)
     missing = [qid for qid in ids if qid not in found]
+    if missing and not found:
+        raise CommandError(f"{', '.join(missing)}: no such message in the queue "
+                           "(`mailkeep queue list` shows the ids); no message was changed")
     for qid in missing:
         _print_error(f"{qid}: no such message in the queue (`mailkeep queue list` shows the ids)")
-    if missing and not found:
-        raise CommandError("no message was changed")
     return list(found.values())
 
 
@@ -244,6 +276,12 @@ def cmd_queue(settings: Settings, args: argparse.Namespace) -> int:
         domain = accounts.normalize_domain(args.domain)
         with _connection(settings, write=True) as conn:
             count = inspect.retry_domain(conn, domain)
+            hosted = domain in accounts.load_routes(conn)
+        if not hosted and not count:
+            # A domain removed with --force may still have mail queued, so only
+            # a name with neither a route nor mail is an error.
+            raise CommandError(f"domain {domain!r} not found; `mailkeep domain list` shows the "
+                               "hosted domains")
         print(f"{domain}: {count} recipient(s) scheduled for delivery now", file=sys.stderr)
         return 0
     if not args.ids:
@@ -261,6 +299,15 @@ def cmd_queue(settings: Settings, args: argparse.Namespace) -> int:
         elif action == "release":
             inspect.set_hold(conn, message_ids, False)
             verb = "released from hold"
+        elif action == "bounce":
+            from .server.dsn import return_to_sender
+
+            held = {name for name, route in accounts.load_routes(conn).items() if route.mode != "smtp"}
+            notices = return_to_sender(conn, message_ids, settings.hostname,
+                                       "returned to the sender by the administrator", held)
+            verb = "returned to sender"
+            if notices:
+                print(f"notifications queued: {' '.join(notices)}", file=sys.stderr)
         else:
             inspect.delete(conn, message_ids)
             verb = "removed"
@@ -412,6 +459,10 @@ def _parser() -> argparse.ArgumentParser:
     secret.add_argument("name")
     secret.add_argument("--secret-stdin", action="store_true",
                         help="read the secret from the first line of standard input")
+    account_actions.add_parser("enable", help="allow the account's logins again").add_argument("name")
+    account_actions.add_parser(
+        "disable", help="refuse the account's logins (ETRN, AUTH, ATRN); its mail is still accepted"
+    ).add_argument("name")
     account_actions.add_parser("remove", help="remove an account that owns no domain").add_argument("name")
     account_actions.add_parser("list", help="list accounts and their domains")
 
@@ -449,6 +500,7 @@ def _parser() -> argparse.ArgumentParser:
     retry.add_argument("--domain", help="retry every deferred message for this domain")
     for name, text in (("hold", "stop delivering messages until released"),
                        ("release", "release held messages"),
+                       ("bounce", "return messages to their senders with a notification"),
                        ("delete", "delete messages without notifying anyone")):
         sub = queue_actions.add_parser(name, help=text)
         sub.add_argument("ids", nargs="+", metavar="ID", help="queue ids, ALL, or - for standard input")
@@ -478,9 +530,27 @@ HANDLERS = {"serve": cmd_serve, "account": cmd_account, "domain": cmd_domain, "q
             "etrn": cmd_etrn}
 
 
+def _hoist_config(argv: list[str]) -> list[str]:
+    """Move ``--config PATH`` given after the command to the front, where argparse expects it."""
+    rest, hoisted = [], []
+    index = 0
+    while index < len(argv):
+        item = argv[index]
+        if item == "--config" and index + 1 < len(argv):
+            hoisted = [item, argv[index + 1]]
+            index += 2
+            continue
+        if item.startswith("--config="):
+            hoisted = [item]
+        else:
+            rest.append(item)
+        index += 1
+    return hoisted + rest
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_hoist_config(sys.argv[1:] if argv is None else list(argv)))
     settings = Settings()
     try:
         settings = load(args.config)

@@ -95,3 +95,48 @@ def parse(data: bytes) -> EmailMessage:
     from email.policy import default
 
     return message_from_bytes(data, policy=default)
+
+
+def return_to_sender(conn, message_ids: list[int], hostname: str, reason: str,
+                     held_domains: set[str]) -> list[str]:
+    """Bounce messages on the administrator's request: notify each sender, then delete.
+
+    Runs inside the caller's transaction, so the notification and the removal
+    commit together. The null sender and notifications get no notification.
+
+    Args:
+        conn: an open sqlite3 connection inside a write transaction.
+        message_ids: row ids of the messages.
+        hostname: this server's name.
+        reason: the text each recipient's failure gives.
+        held_domains: hosted domains whose mail is held, so a notification to
+            them waits too.
+
+    Returns:
+        The queue ids of the notifications made.
+    """
+    from ..store.queue import NewMessage, enqueue, new_queue_id, remove_finished
+
+    made = []
+    for mid in message_ids:
+        row = conn.execute(
+            "SELECT queue_id, sender, arrived, is_bounce, data FROM message WHERE id = ?", (mid,)
+        ).fetchone()
+        if row is None:
+            continue
+        queue_id, sender, arrived, is_bounce, data = row
+        addresses = [r[0] for r in conn.execute(
+            "SELECT address FROM recipient WHERE message_id = ?", (mid,))]
+        if sender and not is_bounce and addresses:
+            failures = [Failure(a, "5.0.0", reason) for a in addresses]
+            body = build(hostname, queue_id, sender, arrived, failures, bytes(data))
+            domain = sender.rpartition("@")[2].lower()
+            state = "held" if domain in held_domains else "queued"
+            notice = NewMessage(queue_id=new_queue_id(), sender="", data=body,
+                                recipients=[(sender, domain, state)], client="local",
+                                helo=hostname, is_bounce=True)
+            enqueue(conn, notice)
+            made.append(notice.queue_id)
+        conn.execute("DELETE FROM recipient WHERE message_id = ?", (mid,))
+        remove_finished(conn, [mid])
+    return made

@@ -167,3 +167,99 @@ def summary(conn: sqlite3.Connection) -> dict[str, int]:
     counts["messages"] = conn.execute("SELECT COUNT(*) FROM message").fetchone()[0]
     counts["now"] = int(time.time())
     return counts
+
+
+@dataclass
+class DomainQueue:
+    """One line of the console's queue summary."""
+
+    domain: str
+    held: int = 0
+    deferred: int = 0
+    queued: int = 0
+    active: int = 0
+    bytes: int = 0
+    oldest: float = 0.0
+
+
+def domain_summary(conn: sqlite3.Connection) -> list[DomainQueue]:
+    """Return message counts per recipient domain and state, with bytes and the oldest arrival."""
+    rows = conn.execute(
+        "SELECT r.domain, CASE WHEN m.delivering THEN 'active' ELSE r.state END AS state,"
+        " COUNT(DISTINCT m.id), SUM(m.size), MIN(m.arrived)"
+        " FROM recipient r JOIN message m ON m.id = r.message_id GROUP BY r.domain, 2"
+    ).fetchall()
+    result: dict[str, DomainQueue] = {}
+    for domain, state, count, size, oldest in rows:
+        entry = result.setdefault(domain, DomainQueue(domain, oldest=oldest or 0.0))
+        if state in ("held", "deferred", "queued", "active"):
+            setattr(entry, state, getattr(entry, state) + count)
+        entry.bytes += size or 0
+        entry.oldest = min(entry.oldest, oldest) if entry.oldest else oldest
+    return sorted(result.values(), key=lambda e: e.domain)
+
+
+@dataclass
+class MessageRow:
+    """A message as one row of the console's queue table."""
+
+    id: int
+    queue_id: str
+    state: str
+    size: int
+    arrived: float
+    sender: str
+    first_recipient: str
+    recipients: int
+
+
+_STATE_FILTERS = {
+    "active": "m.delivering = 1",
+    "hold": "m.hold = 1",
+    "held": "EXISTS (SELECT 1 FROM recipient x WHERE x.message_id = m.id AND x.state = 'held')",
+    "deferred": "EXISTS (SELECT 1 FROM recipient x WHERE x.message_id = m.id AND x.state = 'deferred')",
+    "queued": "EXISTS (SELECT 1 FROM recipient x WHERE x.message_id = m.id AND x.state = 'queued')",
+}
+
+
+def page_messages(conn: sqlite3.Connection, *, domain: str = "", state: str = "", sender: str = "",
+                  recipient: str = "", offset: int = 0, limit: int = 200) -> tuple[list[MessageRow], int]:
+    """Return one page of queued messages, newest first, and the number that match.
+
+    Filters: ``domain`` exact; ``state`` one of :data:`STATES`; ``sender`` and
+    ``recipient`` match a substring, case-insensitively.
+    """
+    where = ["EXISTS (SELECT 1 FROM recipient x WHERE x.message_id = m.id)"]
+    args: list = []
+    if domain:
+        where.append("m.id IN (SELECT message_id FROM recipient WHERE domain = ?)")
+        args.append(domain.lower())
+    if state in _STATE_FILTERS:
+        where.append(_STATE_FILTERS[state])
+    if sender:
+        where.append("m.sender LIKE ?")
+        args.append(f"%{sender}%")
+    if recipient:
+        where.append("EXISTS (SELECT 1 FROM recipient x WHERE x.message_id = m.id AND x.address LIKE ?)")
+        args.append(f"%{recipient}%")
+    clause = " AND ".join(where)
+    total = conn.execute(f"SELECT COUNT(*) FROM message m WHERE {clause}", args).fetchone()[0]
+    rows = conn.execute(
+        "SELECT m.id, m.queue_id, m.hold, m.delivering, m.size, m.arrived, m.sender,"
+        " (SELECT group_concat(DISTINCT r.state) FROM recipient r WHERE r.message_id = m.id),"
+        " (SELECT r.address FROM recipient r WHERE r.message_id = m.id ORDER BY r.id LIMIT 1),"
+        " (SELECT COUNT(*) FROM recipient r WHERE r.message_id = m.id)"
+        f" FROM message m WHERE {clause} ORDER BY m.id DESC LIMIT ? OFFSET ?",
+        (*args, limit, offset),
+    ).fetchall()
+    page = []
+    for mid, qid, hold, delivering, size, arrived, sender_, states, first, count in rows:
+        found = set((states or "").split(","))
+        if delivering:
+            shown = "active"
+        elif hold:
+            shown = "hold"
+        else:
+            shown = next((s for s in ("deferred", "queued", "held") if s in found), "queued")
+        page.append(MessageRow(mid, qid, shown, size, arrived, sender_, first or "", count))
+    return page, total

@@ -1,0 +1,238 @@
+"""The domains and accounts panes: add, edit and remove, as the CLI does."""
+
+from __future__ import annotations
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.widgets import DataTable, Label
+
+from ..store.accounts import Conflict, NotFound
+from ..store.models import MODES
+from .data import ConsoleData
+from .forms import ConfirmScreen, Field, FormScreen, SecretScreen
+
+ADMIN_ERRORS = (Conflict, NotFound, ValueError)
+
+
+class TablePane(Vertical):
+    """A pane around one DataTable whose rows are keyed by name."""
+
+    table_id = ""
+
+    def __init__(self, data: ConsoleData, **kwargs):
+        super().__init__(**kwargs)
+        self.data = data
+
+    def selected(self) -> str | None:
+        table = self.query_one(f"#{self.table_id}", DataTable)
+        if table.row_count == 0:
+            return None
+        try:
+            return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        except Exception:  # the table is refilling
+            return None
+
+    def on_mount(self) -> None:
+        self.reload()
+        self.set_interval(2.0, self.reload)
+
+    def reload(self) -> None:
+        raise NotImplementedError
+
+
+class DomainsPane(TablePane):
+    """Hosted domains: mode, target, retention and owner."""
+
+    table_id = "domains-table"
+    BINDINGS = [
+        Binding("a", "add", "Add"),
+        Binding("e", "edit", "Edit"),
+        Binding("enter", "edit", "Edit", show=False),
+        Binding("x", "remove", "Remove"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        table = DataTable(id=self.table_id, cursor_type="row", zebra_stripes=True)
+        table.add_columns("domain", "account", "mode", "target", "retention")
+        yield table
+        yield Label("a: add   e/Enter: edit   x: remove", classes="hint")
+
+    @work(exclusive=True, group="domains-reload")
+    async def reload(self) -> None:
+        rows = await self.data.domains()
+        table = self.query_one(f"#{self.table_id}", DataTable)
+        selected = self.selected()
+        table.clear()
+        for domain, owner in rows:
+            target = f"{domain.host}:{domain.port}" if domain.host else f"(requester):{domain.port}"
+            table.add_row(domain.name, owner, domain.mode, target, f"{domain.retention_days}d",
+                          key=domain.name)
+        if selected and selected in {d.name for d, _o in rows}:
+            table.move_cursor(row=table.get_row_index(selected))
+
+    async def _form(self, title: str, name: str, values: dict) -> dict | None:
+        accounts = await self.data.account_names()
+        if not accounts:
+            self.notify("Add an account first (Accounts tab)", severity="warning")
+            return None
+        fields = [
+            Field("account", "Account", values.get("account") or accounts[0], options=accounts),
+            Field("mode", "Mode", values.get("mode", "smtp"), options=list(MODES)),
+            Field("host", "Host", values.get("host", "")),
+            Field("port", "Port", values.get("port", 25), integer=True),
+            Field("retention", "Retention (days)", values.get("retention", 30), integer=True),
+        ]
+        if not name:
+            fields.insert(0, Field("name", "Domain", ""))
+        return await self.app.push_screen_wait(FormScreen(title, fields))
+
+    @work(group="domains-edit")
+    async def action_add(self) -> None:
+        values = await self._form("New domain", "", {})
+        if values is None:
+            return
+        if not values["host"] and values["mode"] == "smtp":
+            self.notify("Mode smtp needs a host", severity="error")
+            return
+        try:
+            await self.data.save_domain(values["name"], values, new=True)
+        except ADMIN_ERRORS as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.notify(f"Domain {values['name']} added")
+        self.reload()
+
+    @work(group="domains-edit")
+    async def action_edit(self) -> None:
+        name = self.selected()
+        if not name:
+            return
+        current = next((d for d, _o in await self.data.domains() if d.name == name), None)
+        owners = dict((d.name, o) for d, o in await self.data.domains())
+        if current is None:
+            return
+        values = await self._form(f"Edit {name}", name, {
+            "account": owners.get(name), "mode": current.mode, "host": current.host,
+            "port": current.port, "retention": current.retention_days,
+        })
+        if values is None:
+            return
+        try:
+            await self.data.save_domain(name, values, new=False)
+        except ADMIN_ERRORS as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.notify(f"Domain {name} changed")
+        self.reload()
+
+    @work(group="domains-edit")
+    async def action_remove(self) -> None:
+        name = self.selected()
+        if not name:
+            return
+        if not await self.app.push_screen_wait(ConfirmScreen(
+                f"Stop hosting {name}? Mail already queued for it stays queued.")):
+            return
+        try:
+            await self.data.remove_domain(name)
+        except ADMIN_ERRORS as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.notify(f"Domain {name} removed")
+        self.reload()
+
+
+class AccountsPane(TablePane):
+    """Accounts: state, secrets and the domains each owns."""
+
+    table_id = "accounts-table"
+    BINDINGS = [
+        Binding("a", "add", "Add"),
+        Binding("p", "password", "Password"),
+        Binding("s", "secret", "New secret"),
+        Binding("S", "set_secret", "Set secret"),
+        Binding("t", "toggle", "Enable/disable"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        table = DataTable(id=self.table_id, cursor_type="row", zebra_stripes=True)
+        table.add_columns("account", "state", "password", "CRAM-MD5", "domains")
+        yield table
+        yield Label("a: add   p: password   s: new CRAM-MD5 secret   S: set secret   "
+                    "t: enable/disable", classes="hint")
+
+    @work(exclusive=True, group="accounts-reload")
+    async def reload(self) -> None:
+        rows = await self.data.accounts()
+        table = self.query_one(f"#{self.table_id}", DataTable)
+        selected = self.selected()
+        table.clear()
+        for account, domains in rows:
+            table.add_row(account.name, "enabled" if account.enabled else "disabled",
+                          "set" if account.password_hash else "-",
+                          "set" if account.shared_secret else "-",
+                          ", ".join(domains) or "-", key=account.name)
+        if selected and selected in {a.name for a, _d in rows}:
+            table.move_cursor(row=table.get_row_index(selected))
+
+    @work(group="accounts-edit")
+    async def action_add(self) -> None:
+        values = await self.app.push_screen_wait(FormScreen("New account", [
+            Field("name", "Name", ""), Field("password", "Password", "", password=True),
+        ]))
+        if values is None:
+            return
+        try:
+            await self.data.add_account(values["name"], values["password"])
+        except ADMIN_ERRORS as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.notify(f"Account {values['name']} added")
+        self.reload()
+
+    @work(group="accounts-edit")
+    async def action_password(self) -> None:
+        name = self.selected()
+        if not name:
+            return
+        values = await self.app.push_screen_wait(FormScreen(
+            f"New password for {name}", [Field("password", "Password", "", password=True)]))
+        if values is None:
+            return
+        await self.data.set_password(name, values["password"])
+        self.notify(f"Password of {name} changed")
+
+    @work(group="accounts-edit")
+    async def action_secret(self) -> None:
+        name = self.selected()
+        if not name:
+            return
+        secret = await self.data.set_secret(name)
+        self.reload()
+        await self.app.push_screen_wait(SecretScreen(
+            f"New CRAM-MD5 secret for {name}", secret,
+            "Shown only this once. The customer's ODMR client (fetchmail's password) needs it."))
+
+    @work(group="accounts-edit")
+    async def action_set_secret(self) -> None:
+        name = self.selected()
+        if not name:
+            return
+        values = await self.app.push_screen_wait(FormScreen(
+            f"Set the CRAM-MD5 secret of {name}", [Field("secret", "Secret", "", password=True)]))
+        if values is None:
+            return
+        await self.data.set_secret(name, values["secret"])
+        self.notify(f"CRAM-MD5 secret of {name} set")
+        self.reload()
+
+    @work(group="accounts-edit")
+    async def action_toggle(self) -> None:
+        name = self.selected()
+        if not name:
+            return
+        enabled = await self.data.toggle_enabled(name)
+        self.notify(f"Account {name} {'enabled' if enabled else 'disabled'}")
+        self.reload()

@@ -6,7 +6,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.widgets import DataTable, Label
+from textual.widgets import DataTable
 
 from ..store.accounts import Conflict, NotFound
 from ..store.models import MODES
@@ -57,7 +57,6 @@ class DomainsPane(TablePane):
         table = DataTable(id=self.table_id, cursor_type="row", zebra_stripes=True)
         table.add_columns("domain", "account", "mode", "target", "retention")
         yield table
-        yield Label("a: add   e/Enter: edit   x: remove", classes="hint")
 
     @work(exclusive=True, group="domains-reload")
     async def reload(self) -> None:
@@ -153,15 +152,13 @@ class AccountsPane(TablePane):
         Binding("p", "password", "Password"),
         Binding("s", "secret", "New secret"),
         Binding("S", "set_secret", "Set secret"),
-        Binding("t", "toggle", "Enable/disable"),
+        Binding("t", "toggle", "On/off"),
     ]
 
     def compose(self) -> ComposeResult:
         table = DataTable(id=self.table_id, cursor_type="row", zebra_stripes=True)
         table.add_columns("account", "state", "password", "CRAM-MD5", "domains")
         yield table
-        yield Label("a: add   p: password   s: new CRAM-MD5 secret   S: set secret   "
-                    "t: enable/disable", classes="hint")
 
     @work(exclusive=True, group="accounts-reload")
     async def reload(self) -> None:

@@ -14,9 +14,10 @@ import signal
 
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.containers import Container
 from textual.widgets import Footer, Header, Markdown, TabbedContent, TabPane
 
-from ..server.app import Server
+from ..server.app import Server, StartupError
 from .admin import AccountsPane, DomainsPane
 from .dashboard import Dashboard
 from .data import ConsoleData
@@ -77,7 +78,14 @@ Replies to ATRN: 250 turnaround, 530 authenticate first, 450 not your domain, 45
 
 
 class MailkeepApp(App):
-    """The console. Pass a started :class:`~mailkeep.server.app.Server`."""
+    """The console.
+
+    Args:
+        server: the server to show. With ``manage_server`` true the app starts
+            it when it mounts and stops it when it exits, all in the app's
+            own event loop; otherwise the caller has started it already.
+        clock: the source of "now" for ages and rates (fixed in snapshot tests).
+    """
 
     TITLE = "Mailkeep"
     CSS_PATH = "console.tcss"
@@ -90,47 +98,65 @@ class MailkeepApp(App):
         Binding("ctrl+q", "quit", "Quit"),
     ]
 
-    def __init__(self, server: Server):
+    def __init__(self, server: Server, clock=None, manage_server: bool = False):
         super().__init__()
         self.server = server
-        self.data = ConsoleData(server)
+        self.clock = clock
+        self.manage_server = manage_server
+        self.data: ConsoleData | None = None
+        self.startup_error = ""
         self.sub_title = server.settings.hostname
 
     def compose(self) -> ComposeResult:
         yield Header()
-        with TabbedContent(initial="dashboard"):
-            with TabPane("1 Dashboard", id="dashboard"):
-                yield Dashboard(self.data)
-            with TabPane("2 Queue", id="queue"):
-                yield QueuePane(self.data)
-            with TabPane("3 Domains", id="domains"):
-                yield DomainsPane(self.data)
-            with TabPane("4 Accounts", id="accounts"):
-                yield AccountsPane(self.data)
-            with TabPane("5 Help", id="help"):
-                yield Markdown(help_text(self.data), id="help-text")
+        yield Container(id="body")
         yield Footer()
 
+    async def on_mount(self) -> None:
+        if self.manage_server:
+            try:
+                await self.server.start()
+            except StartupError as exc:
+                self.startup_error = str(exc)
+                self.exit(1)
+                return
+        self.data = ConsoleData(self.server, self.clock) if self.clock else ConsoleData(self.server)
+        tabs = TabbedContent()
+        await self.query_one("#body").mount(tabs)
+        await tabs.add_pane(TabPane("1 Dashboard", Dashboard(self.data), id="dashboard"))
+        await tabs.add_pane(TabPane("2 Queue", QueuePane(self.data), id="queue"))
+        await tabs.add_pane(TabPane("3 Domains", DomainsPane(self.data), id="domains"))
+        await tabs.add_pane(TabPane("4 Accounts", AccountsPane(self.data), id="accounts"))
+        await tabs.add_pane(TabPane("5 Help", Markdown(help_text(self.data), id="help-text"), id="help"))
+        tabs.active = "dashboard"
+
     def action_tab(self, name: str) -> None:
+        if self.data is None:
+            return
         self.query_one(TabbedContent).active = name
         pane = self.query_one(f"#{name}", TabPane)
         tables = pane.query("DataTable")
         if tables:
             tables.first().focus()
 
-    def on_unmount(self) -> None:
-        self.data.close()
+    async def on_unmount(self) -> None:
+        if self.data is not None:
+            self.data.close()
+        if self.manage_server and self.server.context is not None:
+            await self.server.stop()
 
 
 async def run_console(server: Server) -> int:
-    """Start the server, run the console in the same loop until it quits, then stop the server."""
-    await server.start()
-    app = MailkeepApp(server)
+    """Run the console and the server in this loop until the console quits or a signal arrives.
+
+    Raises:
+        StartupError: a listener could not bind; the console never took the screen.
+    """
+    app = MailkeepApp(server, manage_server=True)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(signum, app.exit)
-    try:
-        await app.run_async()
-    finally:
-        await server.stop()
+    await app.run_async()
+    if app.startup_error:
+        raise StartupError(app.startup_error)
     return 0

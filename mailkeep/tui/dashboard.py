@@ -65,7 +65,7 @@ class Dashboard(Vertical):
         queues = DataTable(id="domain-queues", cursor_type="row", show_cursor=False)
         queues.add_columns("domain", "mode", "held", "deferred", "active", "queued", "bytes", "oldest")
         yield queues
-        yield Label("Recent deliveries", classes="section")
+        yield Label("Recent events", classes="section")
         yield RichLog(id="events", max_lines=200, wrap=False, markup=False)
 
     def on_mount(self) -> None:
@@ -92,8 +92,9 @@ class Dashboard(Vertical):
             table.add_row(str(row["number"]), row["protocol"], row["client"], row["account"],
                           row["state"], human_size(row["bytes"]), human_age(row["duration"]))
         feed = self.data.feed
-        incoming = feed.rates(feed.received)
-        outgoing = feed.rates(feed.delivered)
+        now = self.data.clock()
+        incoming = feed.rates(feed.received, now)
+        outgoing = feed.rates(feed.delivered, now)
         self.query_one("#rate-in", Sparkline).data = incoming
         self.query_one("#rate-out", Sparkline).data = outgoing
         self.query_one("#rate-in-label", Label).update(f"In  {incoming[-1]:.0f}/s, peak {max(incoming):.0f}/s")
@@ -109,7 +110,7 @@ class Dashboard(Vertical):
         routes = self.data.context.routes.routes
         table = self.query_one("#domain-queues", DataTable)
         table.clear()
-        now = time.time()
+        now = self.data.clock()
         names = {entry.domain for entry in summary}
         for entry in summary:
             route = routes.get(entry.domain)

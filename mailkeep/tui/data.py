@@ -26,7 +26,9 @@ from ..store.db import make_engine
 
 T = TypeVar("T")
 
-DELIVERY_KINDS = {"sent", "deferred", "bounced", "held", "expired", "bounce", "trigger", "atrn"}
+SHOWN_KINDS = {"queued", "sent", "deferred", "bounced", "held", "expired", "bounce", "trigger",
+               "atrn", "etrn", "reject", "admin"}
+"""Event kinds the dashboard's event log shows; warnings and errors are shown too."""
 RATE_WINDOW = 60
 """Seconds of history in the message-rate sparklines."""
 
@@ -47,7 +49,7 @@ class Feed:
             self.received[second] += 1
         elif event.kind == "sent":
             self.delivered[second] += 1
-        if event.kind in DELIVERY_KINDS or event.level >= 30:
+        if event.kind in SHOWN_KINDS or event.level >= 30:
             self.sequence += 1
             self.recent.append((self.sequence, event))
 
@@ -70,7 +72,9 @@ class ConsoleData:
         server: the started server whose store, sessions and bus are shown.
     """
 
-    def __init__(self, server: Server):
+    def __init__(self, server: Server, clock: Callable[[], float] = time.time):
+        self.clock = clock
+        """Source of "now" for ages and rates; fixed in snapshot tests."""
         self.server = server
         self.context = server.context
         self.settings = server.settings
@@ -97,7 +101,7 @@ class ConsoleData:
 
     def sessions(self) -> list[dict[str, Any]]:
         """Return the open sessions as plain rows."""
-        now = time.time()
+        now = self.clock()
         rows = []
         for number, session in sorted(self.context.sessions.items()):
             rows.append({

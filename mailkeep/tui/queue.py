@@ -92,10 +92,10 @@ class QueuePane(Vertical):
         Binding("u", "act('release')", "Release"),
         Binding("b", "act('bounce')", "Bounce"),
         Binding("x", "act('delete')", "Delete"),
-        Binding("f", "flush", "Flush domain"),
-        Binding("n", "page(1)", "Next page"),
-        Binding("p", "page(-1)", "Prev page"),
-        Binding("slash", "filter", "Filter"),
+        Binding("f", "flush", "Flush"),
+        Binding("n", "page(1)", "Next page", show=False),
+        Binding("p", "page(-1)", "Previous page", show=False),
+        Binding("slash", "filter", "Filter", show=False),
     ]
 
     def __init__(self, data: ConsoleData, **kwargs):

@@ -17,6 +17,7 @@ from .delivery import Scheduler
 from .limiter import ConnectionLimiter, LoginThrottle
 from .routes import Routes
 from .odmr import ODMRSession
+from .pop3 import Pop3Service
 from .smtpd import SMTPSession
 from .tls import certificate_paths, server_context
 
@@ -48,6 +49,8 @@ class Server:
     context: Context | None = None
     listeners: list[Listener] = field(default_factory=list)
     tasks: list[asyncio.Task] = field(default_factory=list)
+    deliver: bool = True
+    """Run the delivery scheduler; console snapshot tests turn it off for a still queue."""
 
     async def start(self) -> None:
         """Open the store, bind every listener and start delivery.
@@ -78,13 +81,20 @@ class Server:
                 await self._listen("smtp", address, lambda: SMTPSession(context))
             for address in settings.listen.odmr:
                 await self._listen("odmr", address, lambda: ODMRSession(context))
+            pop3 = Pop3Service(context)
+            for address in settings.listen.pop3:
+                await self._listen("pop3", address, pop3.factory(implicit_tls=False))
+            for address in settings.listen.pop3s:
+                await self._listen("pop3s", address, pop3.factory(implicit_tls=True))
         except StartupError:
             await self._close_listeners()
             db.close()
             raise
         context.scheduler = Scheduler(context)
-        self.tasks.append(asyncio.create_task(context.scheduler.run(), name="scheduler"))
+        if self.deliver:
+            self.tasks.append(asyncio.create_task(context.scheduler.run(), name="scheduler"))
         self.tasks.append(asyncio.create_task(context.routes.watch(), name="routes"))
+        self.tasks.append(asyncio.create_task(pop3.sweep(), name="pop3-sweep"))
         self.bus.emit("master", 0, f"daemon started -- Mailkeep, data in {settings.data_dir}", "start")
 
     async def _listen(self, service: str, address: str, factory: Callable) -> None:

@@ -38,7 +38,7 @@ def parse_duration(value: Any, key: str) -> float:
     """
     if isinstance(value, bool):
         raise ConfigError(f"{key}: expected a duration such as 30s, 5m, 1h or 5d, got {value!r}")
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float)) and value >= 0:
         return float(value)
     match = _DURATION.match(str(value))
     if not match:
@@ -52,7 +52,7 @@ def parse_size(value: Any, key: str) -> int:
     Raises:
         ConfigError: the value is neither.
     """
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     match = _SIZE.match(str(value))
     if not match:

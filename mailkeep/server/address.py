@@ -80,6 +80,12 @@ def parse_path(arg: str, *, allow_null: bool = False, allow_bare_postmaster: boo
         PathError: the syntax is invalid.
     """
     text = arg.strip()
+    try:
+        # aiosmtpd decodes arguments with surrogateescape, so bytes that are
+        # not UTF-8 arrive as lone surrogates, which SQLite cannot store.
+        text.encode()
+    except UnicodeEncodeError:
+        raise PathError("the path is not valid UTF-8") from None
     if not text.startswith("<"):
         # A bare address without brackets: accepted from old clients.
         mailbox, _, rest = text.partition(" ")

@@ -192,3 +192,18 @@ async def test_console_reports_port_in_use(tmp_path: Path) -> None:
         async with app.run_test(size=(80, 24)) as pilot:
             await pilot.pause(0.5)
         assert "already in use" in app.startup_error
+
+
+async def test_console_palette_switches_pane(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    app = MailkeepApp(Server(settings), manage_server=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.3)
+        await pilot.press("ctrl+p")
+        await pilot.pause(0.3)
+        await type_text(pilot, "Go to Help")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await pilot.pause(0.3)
+        from textual.widgets import TabbedContent
+        assert app.query_one(TabbedContent).active == "help"

@@ -19,6 +19,7 @@ from textual.widgets import Footer, Header, Markdown, TabbedContent, TabPane
 
 from ..server.app import Server, StartupError
 from .admin import AccountsPane, DomainsPane
+from .commands import ConsoleCommands
 from .dashboard import Dashboard
 from .data import ConsoleData
 from .queue import QueuePane
@@ -89,6 +90,7 @@ class MailkeepApp(App):
 
     TITLE = "Mailkeep"
     CSS_PATH = "console.tcss"
+    COMMANDS = App.COMMANDS | {ConsoleCommands}
     BINDINGS = [
         Binding("1", "tab('dashboard')", "Dashboard", show=False),
         Binding("2", "tab('queue')", "Queue", show=False),
@@ -138,6 +140,15 @@ class MailkeepApp(App):
         tables = pane.query("DataTable")
         if tables:
             tables.first().focus()
+
+    async def flush_domain(self, domain: str) -> None:
+        """Start delivery of a domain's waiting mail (a command palette entry)."""
+        try:
+            count = await self.data.flush(domain)
+        except LookupError as exc:
+            self.notify(str(exc), severity="warning")
+            return
+        self.notify(f"flush {domain}: {count} recipient(s) due now")
 
     async def on_unmount(self) -> None:
         if self.data is not None:

@@ -60,6 +60,8 @@ class DomainsPane(TablePane):
 
     @work(exclusive=True, group="domains-reload")
     async def reload(self) -> None:
+        if not self.is_on_screen:
+            return
         rows = await self.data.domains()
         table = self.query_one(f"#{self.table_id}", DataTable)
         selected = self.selected()
@@ -162,6 +164,8 @@ class AccountsPane(TablePane):
 
     @work(exclusive=True, group="accounts-reload")
     async def reload(self) -> None:
+        if not self.is_on_screen:
+            return
         rows = await self.data.accounts()
         table = self.query_one(f"#{self.table_id}", DataTable)
         selected = self.selected()

@@ -141,6 +141,15 @@ class MailkeepApp(App):
         if tables:
             tables.first().focus()
 
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        # Hidden panes skip their timed refreshes; bring the new one up to date at once.
+        pane = event.pane
+        for widget in pane.children:
+            for name in ("reload", "refresh_queues", "refresh_live"):
+                method = getattr(widget, name, None)
+                if method is not None:
+                    self.call_after_refresh(method)
+
     async def flush_domain(self, domain: str) -> None:
         """Start delivery of a domain's waiting mail (a command palette entry)."""
         try:

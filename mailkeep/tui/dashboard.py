@@ -13,6 +13,8 @@ from ..events import Event
 from .data import ConsoleData
 
 SERVICES = ("smtp", "odmr", "pop3", "pop3s")
+MAX_EVENTS_PER_REFRESH = 20
+"""Events written to the panel per refresh; under load the rest only go to the log file."""
 
 
 def human_size(size: int) -> str:
@@ -46,6 +48,7 @@ class Dashboard(Vertical):
         super().__init__(**kwargs)
         self.data = data
         self._shown_events = 0
+        self._sessions_shown: list[tuple] = []
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="dash-top"):
@@ -86,11 +89,16 @@ class Dashboard(Vertical):
 
     def refresh_live(self) -> None:
         """Redraw sessions, rates and events from memory; no store access."""
+        if not self.is_on_screen:
+            return
         table = self.query_one("#sessions", DataTable)
-        table.clear()
-        for row in self.data.sessions():
-            table.add_row(str(row["number"]), row["protocol"], row["client"], row["account"],
-                          row["state"], human_size(row["bytes"]), human_age(row["duration"]))
+        rows = [(str(row["number"]), row["protocol"], row["client"], row["account"], row["state"],
+                 human_size(row["bytes"]), human_age(row["duration"])) for row in self.data.sessions()]
+        if rows != self._sessions_shown:  # rebuilding an unchanged table only costs the loop
+            self._sessions_shown = rows
+            table.clear()
+            for row in rows:
+                table.add_row(*row)
         feed = self.data.feed
         now = self.data.clock()
         incoming = feed.rates(feed.received, now)
@@ -100,12 +108,18 @@ class Dashboard(Vertical):
         self.query_one("#rate-in-label", Label).update(f"In  {incoming[-1]:.0f}/s, peak {max(incoming):.0f}/s")
         self.query_one("#rate-out-label", Label).update(f"Out {outgoing[-1]:.0f}/s, peak {max(outgoing):.0f}/s")
         log = self.query_one("#events", RichLog)
-        for sequence, event in feed.since(self._shown_events):
-            log.write(event_line(event))
-            self._shown_events = sequence
+        new = feed.since(self._shown_events)
+        if new:
+            self._shown_events = new[-1][0]
+            if len(new) > MAX_EVENTS_PER_REFRESH:
+                log.write(f"... {len(new) - MAX_EVENTS_PER_REFRESH} more events (see the log file)")
+            for _sequence, event in new[-MAX_EVENTS_PER_REFRESH:]:
+                log.write(event_line(event))
 
     async def refresh_queues(self) -> None:
         """Reload the per-domain queue summary through a reader thread."""
+        if not self.is_on_screen:
+            return
         summary = await self.data.domain_summary()
         routes = self.data.context.routes.routes
         table = self.query_one("#domain-queues", DataTable)

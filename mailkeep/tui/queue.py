@@ -132,6 +132,8 @@ class QueuePane(Vertical):
     @work(exclusive=True, group="queue-reload")
     async def reload(self) -> None:
         """Read the current page with the current filters; the latest call wins."""
+        if not self.is_on_screen:
+            return  # a hidden pane costs the loop nothing; switching to it reloads
         rows, total = await self.data.page(offset=self.page_offset, limit=PAGE_SIZE, **self.filters())
         self.total = total
         table = self.query_one("#queue-table", DataTable)

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 CONFIG ?= examples/dev.toml
 # Debian packages the tests talk to as real peers.
-TEST_PACKAGES := swaks fetchmail
+TEST_PACKAGES := swaks fetchmail mpop getmail6
 
 .PHONY: run test venv test-deps clean bench
 

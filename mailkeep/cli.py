@@ -23,7 +23,7 @@ from typing import Iterator
 from argon2 import PasswordHasher
 from sqlmodel import Session
 
-from . import __version__, mailq
+from . import __version__, cli_mailbox, mailq
 from .config import ConfigError, Settings, load
 from .store import accounts, inspect
 from .store.accounts import Conflict, NotFound
@@ -523,11 +523,13 @@ def _parser() -> argparse.ArgumentParser:
     trigger.add_argument("--cafile", help="CA file that verifies the server's certificate with --starttls")
     trigger.add_argument("--helo", default=None, help="name to send in EHLO (default: this host's name)")
     trigger.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the server")
+    cli_mailbox.add_parser(commands)
     return parser
 
 
 HANDLERS = {"serve": cmd_serve, "account": cmd_account, "domain": cmd_domain, "queue": cmd_queue,
-            "etrn": cmd_etrn}
+            "etrn": cmd_etrn,
+            "mailbox": lambda settings, args: cli_mailbox.cmd_mailbox(settings, args)}
 
 
 def _hoist_config(argv: list[str]) -> list[str]:

@@ -6,6 +6,7 @@ import asyncio
 import errno
 import logging
 import signal
+import ssl
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -85,7 +86,8 @@ class Server:
             for address in settings.listen.pop3:
                 await self._listen("pop3", address, pop3.factory(implicit_tls=False))
             for address in settings.listen.pop3s:
-                await self._listen("pop3s", address, pop3.factory(implicit_tls=True))
+                await self._listen("pop3s", address, pop3.factory(implicit_tls=True),
+                                   tls=context.tls)
         except StartupError:
             await self._close_listeners()
             db.close()
@@ -97,11 +99,14 @@ class Server:
         self.tasks.append(asyncio.create_task(pop3.sweep(), name="pop3-sweep"))
         self.bus.emit("master", 0, f"daemon started -- Mailkeep, data in {settings.data_dir}", "start")
 
-    async def _listen(self, service: str, address: str, factory: Callable) -> None:
+    async def _listen(self, service: str, address: str, factory: Callable,
+                      tls: ssl.SSLContext | None = None) -> None:
+        """Bind one listener; with ``tls``, every connection starts with the handshake."""
         host, port = parse_hostport(address, f"listen.{service}")
         loop = asyncio.get_running_loop()
         try:
-            server = await loop.create_server(factory, host or None, port, reuse_address=True,
+            server = await loop.create_server(factory, host or None, port, ssl=tls,
+                                              reuse_address=True,
                                               backlog=512)
         except PermissionError:
             raise StartupError(

@@ -30,6 +30,7 @@ from .address import PathError, parse_path, relay_trick
 from .auth import Login, check_cram, check_password, cram_challenge, decode_base64_text
 from .auth import decode_plain, record_failure
 from .context import Context
+from .pop3 import log_mailbox_deliveries, mailbox_recipient
 from .tls import describe
 
 log = logging.getLogger("mailkeep.smtpd")
@@ -407,6 +408,8 @@ class SMTPSession(SMTP):
         route = await self.context.routes.lookup(path.domain)
         if route is None:
             return R.RELAY_DENIED.format(address=path.address), None
+        if route.mode == "pop3":
+            return await mailbox_recipient(self.context, path.local, route)
         address = f"{path.local}@{route.domain}"
         state = "queued" if route.mode == "smtp" else "held"
         return R.RECIPIENT_OK, (address, route.domain, state)
@@ -508,8 +511,9 @@ class SMTPSession(SMTP):
         stored = self._received_header(queue_id) + data
         message = NewMessage(
             queue_id=queue_id, sender=self._sender or "", data=stored,
-            recipients=list(self._recipients), client=self.client,
+            recipients=[r for r in self._recipients if r[2] != "pop3"], client=self.client,
             helo=self.session.host_name or "", body_8bit=not data.isascii(),
+            mailboxes=[(r[3], r[0]) for r in self._recipients if r[2] == "pop3"],
         )
         try:
             await self.context.db.write(enqueue, message)
@@ -518,6 +522,8 @@ class SMTPSession(SMTP):
                       logging.ERROR)
             return R.STORE_FAILED
         self._log_queued(message, head)
+        log_mailbox_deliveries(self.context, self.number, queue_id, message.mailboxes,
+                               time.time() - message.arrived)
         if self.context.scheduler is not None:
             self.context.scheduler.wake()
         return R.QUEUED.format(queue_id=queue_id)
@@ -531,7 +537,7 @@ class SMTPSession(SMTP):
         self.context.bus.emit(
             "qmgr", self.number,
             f"{qid}: from=<{message.sender}>, size={len(message.data)}, "
-            f"nrcpt={len(message.recipients)} (queue active)",
+            f"nrcpt={len(message.recipients) + len(message.mailboxes)} (queue active)",
             "queued", queue_id=qid, size=len(message.data),
             domains=sorted({r[1] for r in message.recipients}),
         )
@@ -669,7 +675,7 @@ class SMTPSession(SMTP):
             login = await check_password(self.context, *credentials)
         if login is None:
             await record_failure(self.context, self.client_ip)
-            self.emit(f"warning: {self.client}: SASL {mechanism} authentication failed",
+            self.emit(f"{self.client}: SASL {mechanism} authentication failed",
                       "auth-failed", logging.WARNING)
             await self.push(R.AUTH_FAILED)
             return

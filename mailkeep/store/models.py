@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from sqlalchemy import Column, LargeBinary
+from sqlalchemy import Column, Index, LargeBinary
 from sqlmodel import Field, SQLModel
 
 MODES = ("smtp", "etrn", "odmr", "pop3")
@@ -94,3 +94,67 @@ class Attempt(SQLModel, table=True):
     relay: str = ""
     status: str = ""
     reply: str = ""
+
+
+class Mailbox(SQLModel, table=True):
+    """A POP3 mailbox of a domain in mode ``pop3``; its address is also its login name.
+
+    The address ``@domain`` names the domain's catch-all mailbox, which takes
+    mail for every address of the domain without a mailbox of its own.
+    """
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    address: str = Field(unique=True, index=True)
+    """Lower-case ``local@domain``, or ``@domain`` for the catch-all."""
+    domain: str = Field(index=True)
+    account_id: int = Field(foreign_key="account.id", index=True)
+    password_hash: str = ""
+    """argon2id hash of the password for USER/PASS and AUTH PLAIN."""
+    apop_secret: str = ""
+    """APOP and CRAM-MD5 secret, kept readable because both protocols need it;
+    empty means the mailbox cannot log in with either."""
+    max_messages: int = 0
+    """Quota in messages; 0 means no limit."""
+    max_bytes: int = 0
+    """Quota in bytes; 0 means no limit."""
+    messages: int = 0
+    """Messages in the mailbox now, kept with every change."""
+    bytes: int = 0
+    """Their total size as retrieved, kept with every change."""
+    next_uid: int = 1
+    """The UID the next message gets; it only grows, so a UID is never reused."""
+    uid_validity: str = ""
+    """Random text made when the mailbox is made, part of every UIDL value, so a
+    mailbox removed and added again never repeats an earlier UIDL."""
+    created: float = 0.0
+
+
+class AccountQuota(SQLModel, table=True):
+    """Limits over all POP3 mailboxes of one account; 0 means no limit."""
+
+    __tablename__ = "account_quota"
+
+    account_id: int = Field(foreign_key="account.id", primary_key=True)
+    max_messages: int = 0
+    max_bytes: int = 0
+
+
+class MailboxEntry(SQLModel, table=True):
+    """One message in one mailbox: the message is stored once, in ``message``."""
+
+    __tablename__ = "mailbox_entry"
+    __table_args__ = (
+        Index("ix_mailbox_entry_uid", "mailbox_id", "uid", unique=True),
+        # Covers the listing a POP3 login reads, so that it never visits the table rows.
+        Index("ix_mailbox_entry_listing", "mailbox_id", "uid", "size", "arrived"),
+    )
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    mailbox_id: int = Field(foreign_key="mailbox.id")
+    uid: int
+    message_id: int = Field(foreign_key="message.id", index=True)
+    recipient: str
+    """The envelope recipient the message was stored for (Delivered-To)."""
+    size: int
+    """Exact size as RETR sends it: the added header lines, CRLF line ends."""
+    arrived: float = Field(default=0.0, index=True)

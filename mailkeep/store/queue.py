@@ -10,6 +10,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from .mailboxes import add_entries
+
 _ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZ"
 _EPOCH_US = 1_704_067_200_000_000  # 2024-01-01T00:00:00Z in microseconds
 _last_stamp = 0
@@ -53,10 +55,12 @@ class NewMessage:
     arrived: float = field(default_factory=time.time)
     is_bounce: bool = False
     body_8bit: bool = False
+    mailboxes: list[tuple[int, str]] = field(default_factory=list)
+    """(mailbox id, recipient address) for each POP3 mailbox that gets a copy."""
 
 
 def enqueue(conn: sqlite3.Connection, msg: NewMessage) -> int:
-    """Store a message with its recipients; return its row id."""
+    """Store a message with its recipients and mailbox entries; return its row id."""
     cur = conn.execute(
         "INSERT INTO message (queue_id, sender, size, arrived, client, helo, hold, delivering,"
         " is_bounce, body_8bit, data) VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?)",
@@ -69,6 +73,8 @@ def enqueue(conn: sqlite3.Connection, msg: NewMessage) -> int:
         " last_error) VALUES (?, ?, ?, ?, 0, 0, '')",
         [(message_id, address, domain, state) for address, domain, state in msg.recipients],
     )
+    if msg.mailboxes:
+        add_entries(conn, message_id, msg.sender, msg.data, msg.arrived, msg.mailboxes)
     return message_id
 
 
@@ -202,6 +208,8 @@ def remove_finished(conn: sqlite3.Connection, message_ids: list[int]) -> list[in
     for mid in message_ids:
         if conn.execute("SELECT 1 FROM recipient WHERE message_id = ? LIMIT 1", (mid,)).fetchone():
             continue
+        if conn.execute("SELECT 1 FROM mailbox_entry WHERE message_id = ? LIMIT 1", (mid,)).fetchone():
+            continue  # still in a POP3 mailbox
         conn.execute("DELETE FROM attempt WHERE message_id = ?", (mid,))
         conn.execute("DELETE FROM message WHERE id = ?", (mid,))
         gone.append(mid)

@@ -39,7 +39,7 @@ REASON_NO_HOST = ("no server is configured for it; send ETRN account;password fr
                   "that takes the mail, or ask the provider to set the domain's host")
 REASON_POP3 = "its mail is collected over POP3"
 REASON_AUTH = "authentication failed"
-REASON_LOCKED = "too many failed logins from your address; try again in {minutes} minutes"
+REASON_LOCKED = "too many failed logins from your address; try again in {wait}"
 REASON_NOT_OWNER = "it does not belong to the authenticated account"
 
 
@@ -94,6 +94,15 @@ def parse(arg: str | None) -> Request:
     if not _NODE.fullmatch(text):
         raise ETRNSyntaxError("invalid domain")
     return Request(form, text.rstrip(".").lower())
+
+
+def wait_text(seconds: float) -> str:
+    """Say how long to wait, in whole minutes or, below one, seconds: ``5 minutes``, ``30 seconds``."""
+    if seconds >= 60:
+        minutes = round(seconds / 60)
+        return f"{minutes} minute{'s' if minutes != 1 else ''}"
+    whole = max(1, round(seconds))
+    return f"{whole} second{'s' if whole != 1 else ''}"
 
 
 def count_reply(node: str, count: int) -> str:

@@ -15,6 +15,7 @@ port 2525.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -87,10 +88,25 @@ async def atrn(session: SMTPSession, arg: str | None) -> None:
         await session.push(BUSY.format(domains=",".join(sorted(busy))))
         return
     context.atrn_domains.update(domains)
+    # aiosmtpd cancels the session's task when the customer hangs up. A
+    # cancellation inside a delivery would leave the claimed mail marked as in
+    # delivery, so the drain runs as a task of its own, which always ends by
+    # putting back on hold whatever it did not deliver.
+    drain = asyncio.get_running_loop().create_task(_drain(session, domains))
+    _DRAINS.add(drain)
+    drain.add_done_callback(_DRAINS.discard)
+    await asyncio.shield(drain)
+
+
+_DRAINS: set[asyncio.Task] = set()
+"""Drains that are running: the reference keeps each task alive until it ends."""
+
+
+async def _drain(session: SMTPSession, domains: list[str]) -> None:
     try:
         await _claim_and_deliver(session, domains)
     finally:
-        context.atrn_domains.difference_update(domains)
+        session.context.atrn_domains.difference_update(domains)
 
 
 async def _fresh_route(session: SMTPSession, name: str, account_id: int):
@@ -109,15 +125,19 @@ async def _claim_and_deliver(session: SMTPSession, domains: list[str]) -> None:
     try:
         jobs = await context.db.write(claim_domains, domains, ("held", "deferred", "queued"))
     except Exception as exc:
-        session.emit(f"error: ATRN claim failed: {exc}", "error", logging.ERROR)
+        session.emit(f"ATRN claim failed: {exc}", "error", logging.ERROR)
         await session.push(LOCAL_ERROR)
         return
     if not jobs:
         _log(session, domains, "no mail")
         await session.push(NO_MAIL)
         return
-    _log(session, domains, f"turnaround, {len(jobs)} messages")
-    await session.push(OK)
+    _log(session, domains, f"turnaround, {len(jobs)} message{'s' if len(jobs) != 1 else ''}")
+    session.stats["atrn"] += 1  # the session ends inside ATRN, so the usual count never runs
+    try:
+        await session.push(OK)
+    except ConnectionError:
+        pass  # the customer hung up, so reading its greeting fails and the mail is held again
     await _reversed(session, jobs)
 
 

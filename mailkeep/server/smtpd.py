@@ -176,7 +176,7 @@ class SMTPSession(SMTP):
             elif over == "client":
                 refusal = R.GREETING_BUSY_CLIENT
         if refusal:
-            self.emit(f"warning: refused connection from {self.client}: {refusal[4:]}", "refused",
+            self.emit(f"refused connection from {self.client}: {refusal[4:]}", "refused",
                       logging.WARNING)
             transport.write(refusal.format(host=self.hostname).encode() + b"\r\n")
             transport.close()
@@ -518,7 +518,7 @@ class SMTPSession(SMTP):
         try:
             await self.context.db.write(enqueue, message)
         except Exception as exc:
-            self.emit(f"error: storing a message from {self.client} failed: {exc}", "error",
+            self.emit(f"storing a message from {self.client} failed: {exc}", "error",
                       logging.ERROR)
             return R.STORE_FAILED
         self._log_queued(message, head)
@@ -594,7 +594,7 @@ class SMTPSession(SMTP):
             except LookupError:
                 refusal = refusal or etrn.REASON_NO_HOST
             except Exception as exc:
-                self.emit(f"error: ETRN {request.shown}: {exc}", "error", logging.ERROR)
+                self.emit(f"ETRN {request.shown} failed: {exc}", "error", logging.ERROR)
                 return etrn.UNABLE.format(node=request.node)
         if not started and refusal:
             return etrn.NOT_ALLOWED.format(node=request.node, reason=refusal)
@@ -613,7 +613,7 @@ class SMTPSession(SMTP):
         locked = self.context.logins.locked(self.client_ip)
         if locked:
             self._etrn_refusal = etrn.NOT_ALLOWED.format(
-                node=request.node, reason=etrn.REASON_LOCKED.format(minutes=max(1, round(locked / 60))))
+                node=request.node, reason=etrn.REASON_LOCKED.format(wait=etrn.wait_text(locked)))
             return None
         login = await check_password(self.context, request.node, request.password)
         if login is None:

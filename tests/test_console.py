@@ -207,3 +207,45 @@ async def test_console_palette_switches_pane(tmp_path: Path) -> None:
         await pilot.pause(0.3)
         from textual.widgets import TabbedContent
         assert app.query_one(TabbedContent).active == "help"
+
+
+async def test_console_adds_mailbox_and_apop_secret(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    app = MailkeepApp(Server(settings), manage_server=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.3)
+        await pilot.press("4", "a")
+        await pilot.pause(0.3)
+        await type_text(pilot, "acme")
+        await pilot.press("tab")
+        await type_text(pilot, "pw")
+        await pilot.press("ctrl+s")
+        await wait_for(lambda: query(settings, "SELECT name FROM account") == [("acme",)])
+        await pilot.press("3", "a")
+        await pilot.pause(0.3)
+        await type_text(pilot, "pop.test")
+        await pilot.press("tab", "tab", "enter")  # open the mode list
+        await pilot.pause(0.2)
+        await pilot.press("down", "down", "down", "enter")  # smtp, etrn, odmr, pop3
+        await pilot.press("ctrl+s")
+        await wait_for(lambda: query(settings, "SELECT mode FROM domain") == [("pop3",)])
+        await pilot.press("4")
+        await pilot.pause(0.3)
+        app.query_one("#accounts-table", DataTable).focus()
+        await pilot.press("m")
+        await pilot.pause(0.3)
+        await type_text(pilot, "bob@pop.test")
+        await pilot.press("tab", "tab")
+        await type_text(pilot, "bob-pw")
+        await pilot.press("ctrl+s")
+        await wait_for(lambda: query(settings, "SELECT address FROM mailbox") == [("bob@pop.test",)])
+        boxes = app.query_one("#mailboxes-table", DataTable)
+        await wait_for(lambda: boxes.row_count == 1)
+        boxes.focus()
+        await pilot.press("o")
+        await wait_for(lambda: query(settings, "SELECT apop_secret FROM mailbox")[0][0] != "")
+        await pilot.pause(0.3)
+        secret = query(settings, "SELECT apop_secret FROM mailbox")[0][0]
+        assert secret in str(app.screen.query_one("#secret").render())
+        await pilot.press("escape")
+    assert query(settings, "SELECT password_hash FROM mailbox")[0][0].startswith("$argon2id$")

@@ -10,6 +10,7 @@ from textual.widgets import DataTable
 
 from ..store.accounts import Conflict, NotFound
 from ..store.models import MODES
+from .dashboard import human_size
 from .data import ConsoleData
 from .forms import ConfirmScreen, Field, FormScreen, SecretScreen
 
@@ -81,7 +82,7 @@ class DomainsPane(TablePane):
         fields = [
             Field("account", "Account", values.get("account") or accounts[0], options=accounts),
             Field("mode", "Mode", values.get("mode", "smtp"), options=list(MODES)),
-            Field("host", "Host", values.get("host", "")),
+            Field("host", "Host", values.get("host", ""), required=False),
             Field("port", "Port", values.get("port", 25), integer=True),
             Field("retention", "Retention (days)", values.get("retention", 30), integer=True),
         ]
@@ -146,27 +147,45 @@ class DomainsPane(TablePane):
 
 
 class AccountsPane(TablePane):
-    """Accounts: state, secrets and the domains each owns."""
+    """Accounts (state, secrets, domains) above their POP3 mailboxes."""
 
     table_id = "accounts-table"
     BINDINGS = [
         Binding("a", "add", "Add"),
         Binding("p", "password", "Password"),
-        Binding("s", "secret", "New secret"),
-        Binding("S", "set_secret", "Set secret"),
+        Binding("s", "secret", "CRAM secret"),
+        Binding("S", "set_secret", "Set CRAM secret", show=False),
         Binding("t", "toggle", "On/off"),
+        Binding("m", "add_mailbox", "Mailbox"),
+        Binding("o", "apop", "APOP secret"),
+        Binding("O", "set_apop", "Set APOP secret", show=False),
+        Binding("w", "mailbox_password", "Mailbox password", show=False),
+        Binding("d", "remove_mailbox", "Remove mailbox", show=False),
     ]
 
     def compose(self) -> ComposeResult:
         table = DataTable(id=self.table_id, cursor_type="row", zebra_stripes=True)
         table.add_columns("account", "state", "password", "CRAM-MD5", "domains")
         yield table
+        boxes = DataTable(id="mailboxes-table", cursor_type="row", zebra_stripes=True)
+        boxes.add_columns("mailbox", "account", "messages", "size", "quota", "APOP")
+        yield boxes
+
+    def selected_mailbox(self) -> str | None:
+        table = self.query_one("#mailboxes-table", DataTable)
+        if table.row_count == 0:
+            return None
+        try:
+            return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        except Exception:  # the table is refilling
+            return None
 
     @work(exclusive=True, group="accounts-reload")
     async def reload(self) -> None:
         if not self.is_on_screen:
             return
         rows = await self.data.accounts()
+        boxes = await self.data.mailboxes()
         table = self.query_one(f"#{self.table_id}", DataTable)
         selected = self.selected()
         table.clear()
@@ -177,6 +196,15 @@ class AccountsPane(TablePane):
                           ", ".join(domains) or "-", key=account.name)
         if selected and selected in {a.name for a, _d in rows}:
             table.move_cursor(row=table.get_row_index(selected))
+        mailbox_table = self.query_one("#mailboxes-table", DataTable)
+        chosen = self.selected_mailbox()
+        mailbox_table.clear()
+        for box in boxes:
+            quota = f"{box.max_messages or '-'}/{human_size(box.max_bytes) if box.max_bytes else '-'}"
+            mailbox_table.add_row(box.address, box.account, str(box.messages), human_size(box.bytes),
+                                  quota, "set" if box.has_apop else "-", key=box.address)
+        if chosen and chosen in {b.address for b in boxes}:
+            mailbox_table.move_cursor(row=mailbox_table.get_row_index(chosen))
 
     @work(group="accounts-edit")
     async def action_add(self) -> None:
@@ -236,4 +264,79 @@ class AccountsPane(TablePane):
             return
         enabled = await self.data.toggle_enabled(name)
         self.notify(f"Account {name} {'enabled' if enabled else 'disabled'}")
+        self.reload()
+
+    @work(group="accounts-edit")
+    async def action_add_mailbox(self) -> None:
+        accounts = await self.data.account_names()
+        if not accounts:
+            self.notify("Add an account first", severity="warning")
+            return
+        values = await self.app.push_screen_wait(FormScreen("New POP3 mailbox", [
+            Field("address", "Address (@dom: all)", ""),
+            Field("account", "Account", self.selected() or accounts[0], options=accounts),
+            Field("password", "Password", "", password=True),
+        ]))
+        if values is None:
+            return
+        try:
+            address = await self.data.add_mailbox(values["address"], values["account"],
+                                                  values["password"])
+        except ADMIN_ERRORS as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.notify(f"Mailbox {address} added")
+        self.reload()
+
+    @work(group="accounts-edit")
+    async def action_apop(self) -> None:
+        address = self.selected_mailbox()
+        if not address:
+            self.notify("Select a mailbox first (Tab moves to the mailbox table)", severity="warning")
+            return
+        secret = await self.data.set_apop_secret(address)
+        self.reload()
+        await self.app.push_screen_wait(SecretScreen(
+            f"New APOP secret for {address}", secret,
+            "Shown only this once. The mail client's password for APOP is this secret."))
+
+    @work(group="accounts-edit")
+    async def action_set_apop(self) -> None:
+        address = self.selected_mailbox()
+        if not address:
+            return
+        values = await self.app.push_screen_wait(FormScreen(
+            f"Set the APOP secret of {address}", [Field("secret", "Secret", "", password=True)]))
+        if values is None:
+            return
+        await self.data.set_apop_secret(address, values["secret"])
+        self.notify(f"APOP secret of {address} set")
+        self.reload()
+
+    @work(group="accounts-edit")
+    async def action_mailbox_password(self) -> None:
+        address = self.selected_mailbox()
+        if not address:
+            return
+        values = await self.app.push_screen_wait(FormScreen(
+            f"New password for {address}", [Field("password", "Password", "", password=True)]))
+        if values is None:
+            return
+        await self.data.set_mailbox_password(address, values["password"])
+        self.notify(f"Password of {address} changed")
+
+    @work(group="accounts-edit")
+    async def action_remove_mailbox(self) -> None:
+        address = self.selected_mailbox()
+        if not address:
+            return
+        if not await self.app.push_screen_wait(ConfirmScreen(
+                f"Remove mailbox {address} and the mail in it?")):
+            return
+        try:
+            count = await self.data.remove_mailbox(address)
+        except ADMIN_ERRORS as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.notify(f"Mailbox {address} removed with {count} message(s)")
         self.reload()

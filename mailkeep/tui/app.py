@@ -15,7 +15,7 @@ import signal
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Container
-from textual.widgets import Footer, Header, Markdown, TabbedContent, TabPane
+from textual.widgets import Footer, Header, Markdown, TabbedContent, TabPane, Tabs
 
 from ..server.app import Server, StartupError
 from .admin import AccountsPane, DomainsPane
@@ -135,11 +135,16 @@ class MailkeepApp(App):
     def action_tab(self, name: str) -> None:
         if self.data is None:
             return
-        self.query_one(TabbedContent).active = name
+        tabs = self.query_one(TabbedContent)
         pane = self.query_one(f"#{name}", TabPane)
         tables = pane.query("DataTable")
+        # Move focus first: TabbedContent shows the pane that holds the focused widget, so
+        # focus left in the old pane would switch straight back to it.
         if tables:
             tables.first().focus()
+        else:
+            tabs.query_one(Tabs).focus()
+        tabs.active = name
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         # Hidden panes skip their timed refreshes; bring the new one up to date at once.

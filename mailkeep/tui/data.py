@@ -21,7 +21,7 @@ from sqlmodel import Session
 from ..events import Event
 from ..server.app import Server
 from ..server.dsn import return_to_sender
-from ..store import accounts, inspect
+from ..store import accounts, inspect, mailboxes
 from ..store.db import make_engine
 
 T = TypeVar("T")
@@ -232,3 +232,29 @@ class ConsoleData:
             session.commit()
             return account.enabled
         return await self._admin(change)
+
+    # -- POP3 mailboxes -----------------------------------------------------------------
+
+    async def mailboxes(self) -> list[mailboxes.MailboxInfo]:
+        return await self.context.db.read(mailboxes.list_mailboxes)
+
+    async def add_mailbox(self, address: str, account: str, password: str) -> str:
+        """Create a mailbox (``@domain`` for the catch-all); return its address."""
+        digest = await asyncio.to_thread(self.hasher.hash, password)
+        stored, _mode = await self.context.db.write(mailboxes.add_mailbox, address, account, digest)
+        return stored
+
+    async def set_mailbox_password(self, address: str, password: str) -> None:
+        digest = await asyncio.to_thread(self.hasher.hash, password)
+        await self.context.db.write(mailboxes.set_password, address, digest)
+
+    async def set_apop_secret(self, address: str, secret: str | None = None) -> str:
+        """Set a mailbox's APOP secret, generating one when none is given; return it."""
+        value = secret or secrets.token_urlsafe(18)
+        await self.context.db.write(mailboxes.set_apop_secret, address, value)
+        return value
+
+    async def remove_mailbox(self, address: str) -> int:
+        """Remove a mailbox with the mail in it; return how many messages went with it."""
+        _address, count = await self.context.db.write(mailboxes.remove_mailbox, address, True)
+        return count

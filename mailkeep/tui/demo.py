@@ -10,7 +10,7 @@ from argon2 import PasswordHasher
 from sqlmodel import Session
 
 from ..config import Settings
-from ..store import accounts
+from ..store import accounts, mailboxes
 from ..store.db import connect, create_schema, make_engine
 from ..store.queue import NewMessage, enqueue
 
@@ -54,6 +54,9 @@ def seed(settings: Settings, now: float | None = None, sink_port: int = 2526) ->
     conn = connect(settings.database)
     try:
         conn.execute("BEGIN")
+        mailboxes.add_mailbox(conn, "alice@shop.example", "acme", digest, 5000, 100 * 1024 * 1024)
+        mailboxes.add_mailbox(conn, "@shop.example", "acme", digest)
+        mailboxes.set_apop_secret(conn, "alice@shop.example", "demo-apop-secret")
         _seed_messages(conn, now)
         conn.execute("COMMIT")
     finally:

@@ -50,6 +50,7 @@ class Field:
         options: choices; a Select is shown instead of an Input when given.
         password: hide what is typed.
         integer: accept digits only and return an int.
+        required: refuse to save while it is empty.
     """
 
     key: str
@@ -58,6 +59,7 @@ class Field:
     options: list[str] = field(default_factory=list)
     password: bool = False
     integer: bool = False
+    required: bool = True
 
 
 class FormScreen(ModalScreen[dict | None]):
@@ -112,7 +114,7 @@ class FormScreen(ModalScreen[dict | None]):
     def action_save(self) -> None:
         values = self.values()
         missing = [item.label for item in self.fields
-                   if values[item.key] in ("", None) and not item.options]
+                   if values[item.key] in ("", None) and item.required and not item.options]
         if missing:
             self.show_error(f"Missing: {', '.join(missing)}")
             return

@@ -204,19 +204,22 @@ def cmd_account(settings: Settings, args: argparse.Namespace) -> int:
 def _show_domain(domain, owner: str) -> str:
     target = f"{domain.host}:{domain.port}" if domain.host else f"(the requester's address):{domain.port}"
     return (f"domain:     {domain.name}\naccount:    {owner}\nmode:       {domain.mode}\n"
-            f"target:     {target}\nretention:  {domain.retention_days} days\n")
+            f"target:     {target}\nretention:  {domain.retention_days} days\n"
+            f"recipients: {domain.recipients or '(any local part)'}\n")
 
 
 def cmd_domain(settings: Settings, args: argparse.Namespace) -> int:
     with _session(settings) as session:
         if args.action == "add":
             domain = accounts.add_domain(session, args.domain, args.account, args.mode,
-                                         args.host or "", args.port or 25, args.retention or 30)
+                                         args.host or "", args.port or 25, args.retention or 30,
+                                         "" if args.recipients is None else args.recipients)
             print(f"domain {domain.name} added (mode {domain.mode})", file=sys.stderr)
         elif args.action == "set":
             domain = accounts.set_domain(session, args.domain, account=args.account, mode=args.mode,
                                          host=args.host, port=args.port,
-                                         retention_days=args.retention)
+                                         retention_days=args.retention,
+                                         recipients="" if args.accept_all else args.recipients)
             print(f"domain {domain.name} changed", file=sys.stderr)
         elif args.action == "remove":
             accounts.remove_domain(session, args.domain, force=args.force)
@@ -478,6 +481,12 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--port", type=int, help="its TCP port (default 25)")
         sub.add_argument("--retention", type=int, metavar="DAYS",
                          help="days held mail is kept before it is returned (default 30)")
+        sub.add_argument("--recipients", metavar="LOCAL,...",
+                         help="accept only these local parts at RCPT (postmaster always); "
+                              "others get 550 5.1.1")
+        if name == "set":
+            sub.add_argument("--accept-all", action="store_true",
+                             help="accept every local part again (clears --recipients)")
     remove = domain_actions.add_parser("remove", help="stop hosting a domain")
     remove.add_argument("domain")
     remove.add_argument("--force", action="store_true", help="remove it even with mail queued")

@@ -26,7 +26,7 @@ from ..events import next_session
 from ..store.queue import NewMessage, enqueue, new_queue_id
 from . import replies as R
 from . import etrn
-from .address import PathError, parse_path, relay_trick
+from .address import PathError, parse_path, relay_trick, unquote_local
 from .auth import Login, check_cram, check_password, cram_challenge, decode_base64_text
 from .auth import decode_plain, record_failure
 from .context import Context
@@ -408,6 +408,9 @@ class SMTPSession(SMTP):
         route = await self.context.routes.lookup(path.domain)
         if route is None:
             return R.RELAY_DENIED.format(address=path.address), None
+        local = unquote_local(path.local).lower()
+        if route.recipients and local not in route.recipients and local != "postmaster":
+            return R.UNKNOWN_USER.format(address=path.address), None
         if route.mode == "pop3":
             return await mailbox_recipient(self.context, path.local, route)
         address = f"{path.local}@{route.domain}"

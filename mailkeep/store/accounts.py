@@ -85,8 +85,22 @@ def check_domain_settings(mode: str, port: int, retention_days: int) -> None:
         raise Conflict(f"invalid retention {retention_days}: use at least 1 day")
 
 
+def normalize_recipients(text: str) -> str:
+    """Turn ``"Alice, bob ,,"`` into ``"alice,bob"``: lower-case local parts, no blanks.
+
+    Raises:
+        Conflict: an entry has a space or an ``@``.
+    """
+    parts = [part.strip().lower() for part in text.replace("\n", ",").split(",")]
+    parts = [part for part in parts if part]
+    for part in parts:
+        if "@" in part or any(c.isspace() for c in part):
+            raise Conflict(f"invalid recipient {part!r}: give local parts only, e.g. alice,bob")
+    return ",".join(dict.fromkeys(parts))
+
+
 def add_domain(session: Session, name: str, account: str, mode: str, host: str, port: int,
-               retention_days: int) -> Domain:
+               retention_days: int, recipients: str = "") -> Domain:
     name = normalize_domain(name)
     if not name or "." not in name or any(c.isspace() or c in "@[]%!:" for c in name):
         raise Conflict(f"invalid domain name {name!r}: give a name such as example.org")
@@ -97,7 +111,8 @@ def add_domain(session: Session, name: str, account: str, mode: str, host: str, 
     if session.exec(select(Domain).where(Domain.name == name)).first():
         raise Conflict(f"domain {name!r} already exists; change it with `mailkeep domain set {name}`")
     domain = Domain(name=name, account_id=owner.id, mode=mode, host=host, port=port,
-                    retention_days=retention_days, created=time.time())
+                    retention_days=retention_days, recipients=normalize_recipients(recipients),
+                    created=time.time())
     session.add(domain)
     session.commit()
     session.refresh(domain)
@@ -106,7 +121,7 @@ def add_domain(session: Session, name: str, account: str, mode: str, host: str, 
 
 def set_domain(session: Session, name: str, *, account: str | None = None, mode: str | None = None,
                host: str | None = None, port: int | None = None,
-               retention_days: int | None = None) -> Domain:
+               retention_days: int | None = None, recipients: str | None = None) -> Domain:
     """Change a domain's settings; mail already queued follows its new mode."""
     domain = get_domain(session, name)
     old_mode = domain.mode
@@ -120,6 +135,8 @@ def set_domain(session: Session, name: str, *, account: str | None = None, mode:
         domain.port = port
     if retention_days is not None:
         domain.retention_days = retention_days
+    if recipients is not None:
+        domain.recipients = normalize_recipients(recipients)
     check_domain_settings(domain.mode, domain.port, domain.retention_days)
     if domain.mode == "smtp" and not domain.host:
         raise Conflict("mode smtp needs the customer's server: add --host HOST [--port N]")
@@ -173,14 +190,17 @@ class Route:
     port: int
     account_id: int
     retention_days: int
+    recipients: frozenset[str] = frozenset()
+    """Accepted local parts; empty accepts every one."""
 
 
 def load_routes(conn: sqlite3.Connection) -> dict[str, Route]:
     """Return every hosted domain's route, keyed by domain name."""
     rows = conn.execute(
-        "SELECT name, mode, host, port, account_id, retention_days FROM domain"
+        "SELECT name, mode, host, port, account_id, retention_days, recipients FROM domain"
     ).fetchall()
-    return {row[0]: Route(*row) for row in rows}
+    return {row[0]: Route(*row[:6], frozenset(filter(None, (row[6] or "").split(","))))
+            for row in rows}
 
 
 def data_version(conn: sqlite3.Connection) -> int:

@@ -33,6 +33,11 @@ BUSY_TIMEOUT_MS = 10_000
 MAX_BATCH = 512
 """Operations that one group commit takes at most."""
 
+_ADDED_COLUMNS = (
+    ("domain", "recipients", "TEXT NOT NULL DEFAULT ''"),
+)
+"""Columns added after a table was first created; create_all does not add them to old files."""
+
 _EXTRA_SCHEMA = (
     "CREATE INDEX IF NOT EXISTS ix_recipient_due ON recipient (state, next_attempt)",
     "CREATE TABLE IF NOT EXISTS mk_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -76,6 +81,10 @@ def create_schema(path: Path | str) -> None:
         engine.dispose()
     conn = connect(path)
     try:
+        for table, column, kind in _ADDED_COLUMNS:
+            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         for statement in _EXTRA_SCHEMA:
             conn.execute(statement)
     finally:

@@ -56,7 +56,7 @@ class DomainsPane(TablePane):
 
     def compose(self) -> ComposeResult:
         table = DataTable(id=self.table_id, cursor_type="row", zebra_stripes=True)
-        table.add_columns("domain", "account", "mode", "target", "retention")
+        table.add_columns("domain", "account", "mode", "target", "retention", "recipients")
         yield table
 
     @work(exclusive=True, group="domains-reload")
@@ -69,8 +69,9 @@ class DomainsPane(TablePane):
         table.clear()
         for domain, owner in rows:
             target = f"{domain.host}:{domain.port}" if domain.host else f"(requester):{domain.port}"
+            listed = domain.recipients.count(",") + 1 if domain.recipients else 0
             table.add_row(domain.name, owner, domain.mode, target, f"{domain.retention_days}d",
-                          key=domain.name)
+                          f"{listed} listed" if listed else "any", key=domain.name)
         if selected and selected in {d.name for d, _o in rows}:
             table.move_cursor(row=table.get_row_index(selected))
 
@@ -85,6 +86,8 @@ class DomainsPane(TablePane):
             Field("host", "Host", values.get("host", ""), required=False),
             Field("port", "Port", values.get("port", 25), integer=True),
             Field("retention", "Retention (days)", values.get("retention", 30), integer=True),
+            Field("recipients", "Only (a,b; empty=all)", values.get("recipients", ""),
+                  required=False),
         ]
         if not name:
             fields.insert(0, Field("name", "Domain", ""))
@@ -118,6 +121,7 @@ class DomainsPane(TablePane):
         values = await self._form(f"Edit {name}", name, {
             "account": owners.get(name), "mode": current.mode, "host": current.host,
             "port": current.port, "retention": current.retention_days,
+            "recipients": current.recipients,
         })
         if values is None:
             return

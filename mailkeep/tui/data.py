@@ -187,11 +187,12 @@ class ConsoleData:
         if new:
             await self._admin(lambda s: accounts.add_domain(
                 s, name, values["account"], values["mode"], values["host"], values["port"],
-                values["retention"]))
+                values["retention"], values.get("recipients", "")))
         else:
             await self._admin(lambda s: accounts.set_domain(
                 s, name, account=values["account"], mode=values["mode"], host=values["host"],
-                port=values["port"], retention_days=values["retention"]))
+                port=values["port"], retention_days=values["retention"],
+                recipients=values.get("recipients", "")))
         await self.context.routes.load()
 
     async def remove_domain(self, name: str) -> None:

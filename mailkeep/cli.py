@@ -202,7 +202,7 @@ def cmd_account(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _show_domain(domain, owner: str) -> str:
-    target = f"{domain.host}:{domain.port}" if domain.host else f"(the requester's address):{domain.port}"
+    target = accounts.describe_target(domain.mode, domain.host, domain.port)
     return (f"domain:     {domain.name}\naccount:    {owner}\nmode:       {domain.mode}\n"
             f"target:     {target}\nretention:  {domain.retention_days} days\n"
             f"recipients: {domain.recipients or '(any local part)'}\n")
@@ -234,7 +234,7 @@ def cmd_domain(settings: Settings, args: argparse.Namespace) -> int:
                 print("no domains; add one with `mailkeep domain add DOMAIN --account NAME "
                       "--mode smtp --host HOST`", file=sys.stderr)
             for domain, owner in rows:
-                target = f"{domain.host}:{domain.port}" if domain.host else f"-:{domain.port}"
+                target = accounts.describe_target(domain.mode, domain.host, domain.port)
                 print(f"{domain.name}\t{owner}\t{domain.mode}\t{target}\t{domain.retention_days}d")
     return 0
 

@@ -99,6 +99,17 @@ def normalize_recipients(text: str) -> str:
     return ",".join(dict.fromkeys(parts))
 
 
+def describe_target(mode: str, host: str, port: int) -> str:
+    """Say where a domain's mail goes, for listings: ``host:port`` or how it is collected."""
+    if mode == "pop3":
+        return "(POP3 mailboxes)"
+    if host:
+        return f"{host}:{port}"
+    if mode == "odmr":
+        return "(ATRN connection)"
+    return f"(requester):{port}"
+
+
 def add_domain(session: Session, name: str, account: str, mode: str, host: str, port: int,
                retention_days: int, recipients: str = "") -> Domain:
     name = normalize_domain(name)

@@ -8,7 +8,7 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable
 
-from ..store.accounts import Conflict, NotFound
+from ..store.accounts import Conflict, NotFound, describe_target
 from ..store.models import MODES
 from .dashboard import human_size
 from .data import ConsoleData
@@ -68,7 +68,7 @@ class DomainsPane(TablePane):
         selected = self.selected()
         table.clear()
         for domain, owner in rows:
-            target = f"{domain.host}:{domain.port}" if domain.host else f"(requester):{domain.port}"
+            target = describe_target(domain.mode, domain.host, domain.port)
             listed = domain.recipients.count(",") + 1 if domain.recipients else 0
             table.add_row(domain.name, owner, domain.mode, target, f"{domain.retention_days}d",
                           f"{listed} listed" if listed else "any", key=domain.name)

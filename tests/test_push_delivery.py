@@ -10,7 +10,7 @@ from email.policy import default as default_policy
 import pytest
 
 from conftest import CUSTOMER
-from helpers import HOSTNAME, send_message
+from helpers import HOSTNAME, send_message, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -44,8 +44,9 @@ def test_customer_down__mail_deferred_with_connect_error(down):
     queue_id = send_message(mailkeep.smtp_port, "ann@sender.example", [f"user@{CUSTOMER}"],
                             subject("down"))
     wait_deferred(mailkeep, queue_id, sink.port)
-
-    listing = mailkeep.admin("queue", "list")
+    # The log line comes before the commit that records the deferral.
+    listing = wait_until(lambda: (text := mailkeep.admin("queue", "list")) and "*" not in text
+                         and text, message="the deferral to be committed")
     assert queue_id in listing
     assert f"(connect to 127.0.0.1[127.0.0.1]:{sink.port}: " in listing
     [message] = mailkeep.queue_json()

@@ -32,7 +32,7 @@ from .store.models import MODES
 
 
 class CommandError(Exception):
-    """A command failed in a way the user can fix; the message says how."""
+    """A command failed in a way the user can fix; the message explains how."""
 
 
 def _print_error(text: str) -> None:
@@ -428,7 +428,9 @@ def cmd_etrn(settings: Settings, args: argparse.Namespace) -> int:
     except (OSError, smtplib.SMTPException) as exc:
         raise CommandError(f"ETRN to {host}:{port} failed: {exc}") from None
     print(f"{code} {text.decode('utf-8', 'replace')}")
-    return 0 if 200 <= code < 400 else (4 if code < 500 else 5)
+    if code < 400:
+        return 0
+    return 4 if code < 500 else 5
 
 
 # -- argument parsing ---------------------------------------------------------------

@@ -193,7 +193,7 @@ def list_domains(session: Session) -> list[tuple[Domain, str]]:
 
 @dataclass(frozen=True)
 class Route:
-    """How mail for one hosted domain is handed on."""
+    """The delivery settings of one hosted domain, as the server caches them."""
 
     domain: str
     mode: str

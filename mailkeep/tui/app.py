@@ -138,7 +138,7 @@ class MailkeepApp(App):
         tabs = self.query_one(TabbedContent)
         pane = self.query_one(f"#{name}", TabPane)
         tables = pane.query("DataTable")
-        # Move focus first: TabbedContent shows the pane that holds the focused widget, so
+        # Move focus first: TabbedContent shows the pane that contains the focused widget, so
         # focus left in the old pane would switch straight back to it.
         if tables:
             tables.first().focus()

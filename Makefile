@@ -44,6 +44,7 @@ test: $(TEST_STAMP) test-deps
 
 bench: $(TEST_STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/push.py
 
 clean:
 	rm -rf $(VENV) mailkeep-data

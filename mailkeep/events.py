@@ -83,9 +83,15 @@ class PostfixFormatter(logging.Formatter):
     def __init__(self, hostname: str):
         super().__init__()
         self.host = hostname.split(".")[0] or "localhost"
+        self._second = -1
+        self._stamp = ""
 
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%b %d %H:%M:%S", time.localtime(record.created))
+        second = int(record.created)
+        if second != self._second:  # strftime for every line costs more than the rest
+            self._second = second
+            self._stamp = time.strftime("%b %d %H:%M:%S", time.localtime(second))
+        stamp = self._stamp
         service = getattr(record, "service", record.name.rpartition(".")[2] or "mailkeep")
         session = getattr(record, "session", 0)
         text = record.getMessage()

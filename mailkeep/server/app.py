@@ -93,6 +93,7 @@ class Server:
             db.close()
             raise
         context.scheduler = Scheduler(context)
+        context.routes.on_commit = context.scheduler.wake
         if self.deliver:
             self.tasks.append(asyncio.create_task(context.scheduler.run(), name="scheduler"))
         self.tasks.append(asyncio.create_task(context.routes.watch(), name="routes"))

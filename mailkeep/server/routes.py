@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Callable
 
 from ..store import accounts
 from ..store.accounts import Route
@@ -32,6 +33,9 @@ class Routes:
         self.routes: dict[str, Route] = {}
         self._version: int | None = None
         self._changed = asyncio.Event()
+        self.on_commit: Callable[[], None] | None = None
+        """Called when another connection has committed, e.g. to wake the scheduler for a
+        retry or flush that the CLI just wrote."""
 
     async def load(self) -> None:
         self.routes = await self.db.read(accounts.load_routes)
@@ -60,6 +64,8 @@ class Routes:
                 version = await self.db.read(accounts.data_version)
                 if version != self._version:
                     self._version = version
+                    if self.on_commit is not None:
+                        self.on_commit()
                     routes = await self.db.read(accounts.load_routes)
                     if routes != self.routes:
                         self.routes = routes

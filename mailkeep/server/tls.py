@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 import logging
 import os
@@ -75,9 +76,10 @@ def server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
     return context
 
 
+@functools.cache
 def client_context() -> ssl.SSLContext:
-    """Build the context for delivery: encrypt when offered, but do not require a valid
-    certificate, as opportunistic SMTP TLS does (RFC 7435)."""
+    """Return the context for delivery: encrypt when offered, but do not require a valid
+    certificate, as opportunistic SMTP TLS does (RFC 7435). It is built once and shared."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE

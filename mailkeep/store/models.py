@@ -44,7 +44,7 @@ class Domain(SQLModel, table=True):
     port: int = 25
     retention_days: int = 30
     """How long held mail (modes etrn, odmr, pop3) is kept."""
-    recipients: str = ""
+    recipients: str = Field(default="", sa_column_kwargs={"server_default": ""})
     """Recipient policy: local parts accepted at RCPT, comma-separated; empty accepts
     every local part. ``postmaster`` is always accepted (RFC 5321 section 4.5.1)."""
     created: float = 0.0

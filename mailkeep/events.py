@@ -119,5 +119,8 @@ def setup_logging(hostname: str, level: int = logging.INFO, stream: Any = None) 
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
-    # aiosmtpd logs every command at INFO; its dialogue belongs at debug.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    # aiosmtpd logs every command, and unknown verbs raw as the client sent them; Mailkeep
+    # logs what matters itself, escaped, so aiosmtpd's own lines are dropped.
+    aiosmtpd_log = logging.getLogger("mail.log")
+    aiosmtpd_log.setLevel(logging.CRITICAL)
+    aiosmtpd_log.propagate = False

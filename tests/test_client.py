@@ -143,7 +143,7 @@ class TestReply:
         assert Reply(250, ["5.1.1 confused server"]).enhanced == "2.0.0"
 
     @pytest.mark.parametrize(("code", "ok", "temporary"), [
-        (250, True, False), (354, True, False), (421, False, True), (550, False, False),
+        (250, True, False), (354, False, False), (421, False, True), (550, False, False),
     ])
     def test_reply_classes(self, code, ok, temporary):
         reply = Reply(code, [""])

@@ -27,7 +27,11 @@ MAX_PATH = 256
 
 
 class PathError(ValueError):
-    """The path is not valid RFC 5321 syntax; the message says why."""
+    """The path is not valid RFC 5321 syntax; the message explains why."""
+
+
+class ParameterError(PathError):
+    """The path is fine but a parameter after it is malformed or repeated."""
 
 
 @dataclass
@@ -62,7 +66,9 @@ def _split_params(text: str) -> dict[str, str | None]:
     for item in text.split():
         keyword, eq, value = item.partition("=")
         if not _KEYWORD.fullmatch(keyword) or (eq and not value):
-            raise PathError(f"invalid parameter {item!r}")
+            raise ParameterError(f"invalid parameter {item!r}")
+        if keyword.upper() in params:
+            raise ParameterError(f"parameter {keyword.upper()} given twice")
         params[keyword.upper()] = value if eq else None
     return params
 

@@ -24,6 +24,8 @@ from .tls import certificate_paths, server_context
 
 log = logging.getLogger("mailkeep.master")
 
+TLS_HANDSHAKE_TIMEOUT = 10.0
+"""Seconds a client on an implicit-TLS port (POP3S) gets to finish the handshake."""
 SHUTDOWN_WAIT = 10.0
 """Seconds that sessions in DATA and running deliveries get to finish at shutdown."""
 
@@ -106,9 +108,11 @@ class Server:
         host, port = parse_hostport(address, f"listen.{service}")
         loop = asyncio.get_running_loop()
         try:
-            server = await loop.create_server(factory, host or None, port, ssl=tls,
-                                              reuse_address=True,
-                                              backlog=512)
+            # Implicit-TLS connections count against the limits only once the handshake is
+            # done, so a short handshake timeout bounds how long idle ones can pile up.
+            server = await loop.create_server(
+                factory, host or None, port, ssl=tls, reuse_address=True, backlog=512,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls else None)
         except PermissionError:
             raise StartupError(
                 f"cannot listen on {address} ({service}): permission denied. Ports below 1024 need "

@@ -36,7 +36,11 @@ class Login:
 
 def _verify(stored: str, password: str) -> bool:
     try:
-        return _hasher.verify(stored or _DUMMY_HASH, password)
+        secret = password.encode()
+    except UnicodeEncodeError:  # not UTF-8 on the wire: it cannot match any stored password
+        secret = b"\0"
+    try:
+        return _hasher.verify(stored or _DUMMY_HASH, secret)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 
@@ -47,12 +51,20 @@ async def check_password(context: Context, name: str, password: str) -> Login | 
     Unknown, disabled and password-less accounts fail exactly like a wrong
     password.
     """
-    found = await context.db.read(find_account, name)
+    found = await context.db.read(find_account, name) if _encodable(name) else None
     stored = found[1] if found else ""
     ok = await asyncio.to_thread(_verify, stored, password)
     if not found or not stored or not ok or not found[3]:
         return None
     return Login(found[0], name)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def cram_challenge(hostname: str) -> str:
@@ -67,12 +79,14 @@ async def check_cram(context: Context, challenge: str, response: str) -> Login |
     constant time. An account without a secret cannot log in this way.
     """
     name, _, digest = response.strip().rpartition(" ")
-    if not name or not digest:
+    if not name or not digest or not _encodable(name) or not digest.isascii():
         return None
     found = await context.db.read(find_account, name)
     secret = found[2] if found else ""
     expected = hmac.new((secret or "-").encode(), challenge.encode(), hashlib.md5).hexdigest()
-    if not hmac.compare_digest(expected, digest.lower()) or not found or not secret or not found[3]:
+    if not hmac.compare_digest(expected.encode(), digest.lower().encode()):
+        return None
+    if not found or not secret or not found[3]:
         return None
     return Login(found[0], name)
 

@@ -54,7 +54,8 @@ class Reply:
 
     @property
     def ok(self) -> bool:
-        return 200 <= self.code < 400
+        """A positive completion (2xx): the only reply that accepts MAIL, RCPT or a message."""
+        return 200 <= self.code < 300
 
     @property
     def temporary(self) -> bool:
@@ -225,6 +226,10 @@ class SMTPClient:
             if reply.ok:
                 accepted.append(rcpt)
         if data_reply is None or data_reply.code != 354:
+            if data_reply is not None and data_reply.code < 400:
+                # Only 354 opens the message (RFC 5321 section 4.3.2), so any other positive
+                # reply must not count as delivery: nothing was sent.
+                data_reply = Reply(451, [f"4.5.0 unexpected reply to DATA: {data_reply.text}"])
             if accepted:  # DATA refused although recipients were accepted
                 for rcpt in accepted:
                     outcome[rcpt] = data_reply or Reply(451, ["4.0.0 DATA not accepted"])

@@ -79,6 +79,10 @@ def parse(arg: str | None) -> Request:
     if not arg or not arg.strip():
         raise ETRNSyntaxError("missing argument")
     text = arg.strip()
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # bytes that are not UTF-8 reach us as lone surrogates
+        raise ETRNSyntaxError("not valid UTF-8") from None
     if ";" in text:
         account, _, password = text.partition(";")
         if not _ACCOUNT.fullmatch(account) or not password:

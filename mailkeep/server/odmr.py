@@ -49,8 +49,9 @@ def parse_domains(arg: str | None) -> list[str] | None:
 
 def _valid_domain(name: str) -> bool:
     labels = name.split(".")
-    return len(name) <= 255 and all(
-        label and len(label) <= 63 and label.replace("-", "").isalnum() for label in labels
+    return len(name) <= 255 and name.isascii() and all(
+        label and len(label) <= 63 and label.replace("-", "").isalnum()
+        and not label.startswith("-") and not label.endswith("-") for label in labels
     )
 
 

@@ -460,8 +460,8 @@ class Pop3Session:
     def _number(self, text: str) -> int | str:
         """Return the 0-based index of a message number, or the reply that refuses it."""
         assert self.listing is not None
-        if not text.isdigit() or not text.isascii():
-            return R.NO_SUCH_MESSAGE
+        if not text.isdigit() or not text.isascii() or len(text) > 12:
+            return R.NO_SUCH_MESSAGE  # more digits than any mailbox has messages
         index = int(text) - 1
         if not 0 <= index < len(self.listing):
             return R.NO_SUCH_MESSAGE
@@ -512,7 +512,8 @@ class Pop3Session:
         index = self._number(number)
         if isinstance(index, str):
             return self._error(index)
-        return self._fetch("top", index, int(count))
+        # A count with more digits than any message has lines asks for the whole message.
+        return self._fetch("top", index, int(count) if len(count) <= 12 else 10**12)
 
     def _fetch(self, verb: str, index: int, lines: int) -> list[Action]:
         if index in self._cache:
@@ -823,6 +824,8 @@ class Pop3Connection:
             return LoginOutcome(R.LOCKED_OUT)
         try:
             record = await context.db.read(store.find_login, login.user)
+        except UnicodeEncodeError:  # bytes that are not UTF-8: no mailbox has this name
+            record = None
         except Exception as exc:
             self.emit(f"looking up user=<{user}> failed: {exc}", "error", logging.ERROR)
             return LoginOutcome(R.TEMP_FAILURE)

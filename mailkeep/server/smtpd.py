@@ -15,18 +15,20 @@ import asyncio
 import base64
 import collections
 import logging
+import functools
 import re
 import time
+import traceback
 from email.utils import formatdate
 from typing import Any
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, TLSSetupException, syntax
 
 from ..events import next_session
 from ..store.queue import NewMessage, enqueue, new_queue_id
 from . import replies as R
 from . import etrn
-from .address import PathError, parse_path, relay_trick, unquote_local
+from .address import ParameterError, PathError, parse_path, relay_trick, unquote_local
 from .auth import Login, check_cram, check_password, cram_challenge, decode_base64_text
 from .auth import decode_plain, record_failure
 from .context import Context
@@ -38,6 +40,7 @@ log = logging.getLogger("mailkeep.smtpd")
 _RECEIVED = re.compile(rb"^received:", re.IGNORECASE | re.MULTILINE)
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*?)\r\n", re.IGNORECASE | re.MULTILINE)
 _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
+_SIZE_VALUE = re.compile(r"[0-9]{1,20}")  # RFC 1870: 1*20DIGIT, ASCII digits only
 MAX_BAD_COMMANDS = 20
 
 # aiosmtpd's own replies, given enhanced status codes.
@@ -66,7 +69,13 @@ class _Handler:
         self.context = context
 
     async def handle_exception(self, error: Exception) -> str:
-        log.error("unexpected error in an SMTP session: %r", error, exc_info=error)
+        if isinstance(error, TLSSetupException):
+            log.info("TLS handshake failed: %s", type(error.__cause__ or error).__name__)
+            return R.TLS_FAILED
+        # Only the exception's type and the frames go to the log: its message can carry what
+        # the client sent, a password included.
+        frames = "".join(traceback.format_tb(error.__traceback__))
+        log.error("unexpected %s in an SMTP session\n%s", type(error).__name__, frames.rstrip())
         return R.LOCAL_ERROR
 
 
@@ -89,6 +98,22 @@ def unstuff(data: bytes) -> bytes:
     if data.startswith(b"."):
         data = data[1:]
     return data.replace(b"\r\n.", b"\r\n")
+
+
+def valid_helo(name: str | None) -> bool:
+    """Check an EHLO or HELO argument: one word of printable characters, valid UTF-8.
+
+    RFC 5321 wants a domain or an address literal, but many clients send
+    less; what matters is that nothing in it can break the Received header
+    or the log (control characters, bare CR, spaces, undecodable bytes).
+    """
+    if not name or len(name) > 255:
+        return False
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return all(char.isprintable() and not char.isspace() for char in name)
 
 
 class SMTPSession(SMTP):
@@ -133,6 +158,7 @@ class SMTPSession(SMTP):
         self.login: Login | None = None
         self._last_code = 0
         self._sender: str | None = None
+        self._smtputf8 = False
         self._recipients: list[tuple[str, str, str]] = []
         self._wrap_methods()
 
@@ -143,6 +169,7 @@ class SMTPSession(SMTP):
             self._smtp_methods[name] = self._counted(name.lower(), method)
 
     def _counted(self, name: str, method: Any) -> Any:
+        @functools.wraps(method)
         async def run(arg: str | None) -> None:
             self._last_code = 0
             await method(arg)
@@ -160,6 +187,11 @@ class SMTPSession(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.transport is not None:  # the TLS layer after STARTTLS
+            # RFC 3207 section 4.2: forget everything learned before TLS, the login included.
+            self.login = None
+            self.account = ""
+            self._sender = None
+            self._recipients = []
             super().connection_made(transport)
             return
         peer = transport.get_extra_info("peername") or ("", 0)
@@ -176,7 +208,8 @@ class SMTPSession(SMTP):
             elif over == "client":
                 refusal = R.GREETING_BUSY_CLIENT
         if refusal:
-            self.emit(f"refused connection from {self.client}: {refusal[4:]}", "refused",
+            self.emit(f"refused connection from {self.client}: {refusal[4:].format(host=self.hostname)}",
+                      "refused",
                       logging.WARNING)
             transport.write(refusal.format(host=self.hostname).encode() + b"\r\n")
             transport.close()
@@ -189,6 +222,14 @@ class SMTPSession(SMTP):
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
+        if not self.counted:
+            return
+        self._release()
+        if self.session is not None and self._timeout_handle is not None:
+            super().connection_lost(error)
+
+    def _release(self) -> None:
+        """Give back the session's connection slot and log its disconnect line, once."""
         if not self.counted:
             return
         self.counted = False
@@ -205,13 +246,21 @@ class SMTPSession(SMTP):
         if self.bare_line_ends:
             parts.append("notes=bare_lf")
         self.emit(f"disconnect from {self.client} {' '.join(parts)}", "disconnect")
-        if self.session is not None and self._timeout_handle is not None:
-            super().connection_lost(error)
 
     def _timeout_cb(self) -> None:
-        if self._writer is not None and self.transport is not None:
+        handshaking = self._original_transport is not None and self.session.ssl is None
+        if self._writer is not None and self.transport is not None and not handshaking:
             self.emit(f"timeout after {self.state.upper()} from {self.client}", "timeout")
             self._writer.write(R.TIMEOUT.format(host=self.hostname).encode() + b"\r\n")
+        if handshaking:
+            # A TLS layer whose handshake never finished does not report the loss of the
+            # connection to us, so close the socket underneath and give the slot back here.
+            self.emit(f"timeout during the TLS handshake from {self.client}", "timeout")
+            self._original_transport.close()
+            self._release()
+            if self._handler_coroutine is not None:
+                self._handler_coroutine.cancel()
+            return
         super()._timeout_cb()
 
     async def push(self, status: str | bytes) -> None:
@@ -265,8 +314,9 @@ class SMTPSession(SMTP):
         keywords += ["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8"]
         return keywords
 
+    @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str | None) -> None:
-        if not hostname:
+        if not valid_helo(hostname):
             await self.push(R.SYNTAX_HELO.format(verb="EHLO"))
             return
         self._reset_transaction()
@@ -277,8 +327,9 @@ class SMTPSession(SMTP):
         reply = "\r\n".join(f"250-{line}" for line in lines[:-1]) + f"\r\n250 {lines[-1]}"
         await self.push(reply)
 
+    @syntax("HELO hostname")
     async def smtp_HELO(self, hostname: str | None) -> None:
-        if not hostname:
+        if not valid_helo(hostname):
             await self.push(R.SYNTAX_HELO.format(verb="HELO"))
             return
         self._reset_transaction()
@@ -287,9 +338,18 @@ class SMTPSession(SMTP):
         self.state = "helo"
         await self.push(f"250 {self.hostname}")
 
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str | None) -> None:
+        if self._tls_protocol is not None:
+            await self.push(R.TLS_ALREADY)
+            return
+        await super().smtp_STARTTLS(arg)
+
+    @syntax("NOOP [ignored]")
     async def smtp_NOOP(self, arg: str | None) -> None:
         await self.push(R.OK)
 
+    @syntax("RSET")
     async def smtp_RSET(self, arg: str | None) -> None:
         if arg:
             await self.push(R.NO_ARGS.format(verb="RSET"))
@@ -297,9 +357,14 @@ class SMTPSession(SMTP):
         self._reset_transaction()
         await self.push(R.RESET_OK)
 
+    @syntax("VRFY <address>")
     async def smtp_VRFY(self, arg: str | None) -> None:
+        if not arg:
+            await self.push(R.SYNTAX_VRFY)
+            return
         await self.push(R.VRFY)
 
+    @syntax("QUIT")
     async def smtp_QUIT(self, arg: str | None) -> None:
         if arg:
             await self.push(R.NO_ARGS.format(verb="QUIT"))
@@ -315,6 +380,7 @@ class SMTPSession(SMTP):
 
     # -- mail transaction -----------------------------------------------------------
 
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
         if not self.session.host_name:
             await self.push(R.NEED_HELO)
@@ -327,6 +393,9 @@ class SMTPSession(SMTP):
             return
         try:
             path = parse_path(arg[5:], allow_null=True)
+        except ParameterError as exc:
+            await self.push(R.BAD_PARAMETER.format(reason=exc))
+            return
         except PathError as exc:
             await self.push(R.BAD_SENDER.format(reason=exc))
             return
@@ -334,9 +403,12 @@ class SMTPSession(SMTP):
             await self.push(R.SYNTAX_MAIL)
             return
         reply = self._check_mail_params(path.params)
+        if reply is None and not path.address.isascii() and "SMTPUTF8" not in path.params:
+            reply = R.NEED_SMTPUTF8
         if reply:
             await self.push(reply)
             return
+        self._smtputf8 = "SMTPUTF8" in path.params
         self._sender = path.address
         self.state = "mail"
         await self.push(R.SENDER_OK)
@@ -344,7 +416,7 @@ class SMTPSession(SMTP):
     def _check_mail_params(self, params: dict[str, str | None]) -> str | None:
         for name, value in params.items():
             if name == "SIZE":
-                if value is None or not value.isdigit():
+                if value is None or not _SIZE_VALUE.fullmatch(value):
                     return R.SIZE_BAD
                 if int(value) > self.data_size_limit:
                     return R.SIZE_EXCEEDED.format(limit=self.data_size_limit)
@@ -358,6 +430,7 @@ class SMTPSession(SMTP):
                 return R.UNKNOWN_PARAM.format(name=name)
         return None
 
+    @syntax("RCPT TO: <address>")
     async def smtp_RCPT(self, arg: str | None) -> None:
         if not self.session.host_name:
             await self.push(R.NEED_HELO)
@@ -370,8 +443,14 @@ class SMTPSession(SMTP):
             return
         try:
             path = parse_path(arg[3:], allow_bare_postmaster=True)
+        except ParameterError as exc:
+            await self.push(R.BAD_PARAMETER.format(reason=exc))
+            return
         except PathError as exc:
             await self.push(R.BAD_RECIPIENT.format(reason=exc))
+            return
+        if not path.address.isascii() and not self._smtputf8:
+            await self.push(R.NEED_SMTPUTF8)
             return
         if path.params:
             await self.push(R.UNKNOWN_PARAM.format(name=next(iter(path.params))))
@@ -417,6 +496,7 @@ class SMTPSession(SMTP):
         state = "queued" if route.mode == "smtp" else "held"
         return R.RECIPIENT_OK, (address, route.domain, state)
 
+    @syntax("DATA")
     async def smtp_DATA(self, arg: str | None) -> None:
         if not self.session.host_name:
             await self.push(R.NEED_HELO)
@@ -453,7 +533,8 @@ class SMTPSession(SMTP):
         # The CRLF that ended the DATA line belongs to the end marker of an empty message.
         reader._buffer[0:0] = b"\r\n"
         saved = reader._limit
-        reader._limit = limit + limit // 32 + 4096  # room for dot-stuffing
+        # Room for dot-stuffing: a message of "." lines doubles on the wire.
+        reader._limit = 2 * limit + 4096
         try:
             raw = await reader.readuntil(b"\r\n.\r\n")
         except asyncio.LimitOverrunError:
@@ -547,6 +628,7 @@ class SMTPSession(SMTP):
 
     # -- ETRN (RFC 1985) -------------------------------------------------------------
 
+    @syntax("ETRN domain | @domain | #queue | account;password")
     async def smtp_ETRN(self, arg: str | None) -> None:
         if not self.session.host_name:
             await self.push(etrn.NEED_HELO)
@@ -645,6 +727,7 @@ class SMTPSession(SMTP):
             return None
         return line
 
+    @syntax("AUTH <mechanism>")
     async def smtp_AUTH(self, arg: str | None) -> None:
         if not self.session.host_name or not self.session.extended_smtp:
             await self.push(R.AUTH_NEED_EHLO)
@@ -668,6 +751,9 @@ class SMTPSession(SMTP):
             await self.push(R.AUTH_LOCKED)
             return
         if mechanism == "CRAM-MD5":
+            if initial.strip():
+                await self.push(R.AUTH_NO_INITIAL)
+                return
             login = await self._auth_cram()
             if login is False:
                 return
@@ -702,6 +788,7 @@ class SMTPSession(SMTP):
             return False
         return await check_cram(self.context, challenge, decoded)
 
+    @syntax("ATRN [domain[,domain...]]")
     async def smtp_ATRN(self, arg: str | None) -> None:
         from .odmr import atrn  # odmr builds on this module
 
@@ -713,11 +800,19 @@ class SMTPSession(SMTP):
             if response is None:
                 await self.push(R.AUTH_CANCELLED)
                 return None
-            decoded = decode_plain(response)
-            if decoded is None:
+            if decode_base64_text(response) is None:
                 await self.push(R.AUTH_BAD_ENCODING)
                 return None
-            return decoded[1], decoded[2]
+            decoded = decode_plain(response)
+            if decoded is None:
+                await self.push(R.AUTH_BAD_PLAIN)
+                return None
+            authzid, authcid, password = decoded
+            if authzid and authzid != authcid:
+                # RFC 4616 section 2: acting for another identity is not allowed here, so the
+                # login fails like a wrong password.
+                return authcid, "\0not-a-password"
+            return authcid, password
         if initial:
             name = decode_base64_text(initial)
         else:

@@ -24,7 +24,7 @@ from argon2 import PasswordHasher
 from sqlmodel import Session
 
 from . import __version__, cli_mailbox, mailq
-from .config import ConfigError, Settings, load
+from .config import DEFAULT_PATH, ConfigError, Settings, load
 from .store import accounts, inspect
 from .store.accounts import Conflict, NotFound
 from .store.db import connect, create_schema, make_engine
@@ -212,7 +212,9 @@ def cmd_domain(settings: Settings, args: argparse.Namespace) -> int:
     with _session(settings) as session:
         if args.action == "add":
             domain = accounts.add_domain(session, args.domain, args.account, args.mode,
-                                         args.host or "", args.port or 25, args.retention or 30,
+                                         args.host or "",
+                                         25 if args.port is None else args.port,
+                                         30 if args.retention is None else args.retention,
                                          "" if args.recipients is None else args.recipients)
             print(f"domain {domain.name} added (mode {domain.mode})", file=sys.stderr)
         elif args.action == "set":
@@ -293,14 +295,15 @@ def cmd_queue(settings: Settings, args: argparse.Namespace) -> int:
     with _connection(settings, write=True) as conn:
         message_ids = _resolve(conn, ids)
         names = {v: k for k, v in inspect.resolve_ids(conn, ids).items()} if ids != ["ALL"] else {}
+        unchanged: dict[int, str] = {}
         if action == "retry":
-            inspect.retry(conn, message_ids)
+            unchanged = inspect.retry(conn, message_ids)
             verb = "requeued"
         elif action == "hold":
-            inspect.set_hold(conn, message_ids, True)
+            unchanged = inspect.set_hold(conn, message_ids, True)
             verb = "placed on hold"
         elif action == "release":
-            inspect.set_hold(conn, message_ids, False)
+            unchanged = inspect.set_hold(conn, message_ids, False)
             verb = "released from hold"
         elif action == "bounce":
             from .server.dsn import return_to_sender
@@ -315,10 +318,13 @@ def cmd_queue(settings: Settings, args: argparse.Namespace) -> int:
             inspect.delete(conn, message_ids)
             verb = "removed"
     for mid in message_ids:
-        if mid in names:
-            print(f"{names[mid]}: {verb}", file=sys.stderr)
-    print(f"{verb.capitalize()}: {len(message_ids)} message{'s' if len(message_ids) != 1 else ''}",
-          file=sys.stderr)
+        name = names.get(mid, str(mid))
+        if mid in unchanged:
+            print(f"{name}: not changed: {unchanged[mid]}", file=sys.stderr)
+        elif mid in names:
+            print(f"{name}: {verb}", file=sys.stderr)
+    done = len(message_ids) - len(unchanged)
+    print(f"{verb.capitalize()}: {done} message{'s' if done != 1 else ''}", file=sys.stderr)
     return 0
 
 
@@ -483,12 +489,13 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--port", type=int, help="its TCP port (default 25)")
         sub.add_argument("--retention", type=int, metavar="DAYS",
                          help="days held mail is kept before it is returned (default 30)")
-        sub.add_argument("--recipients", metavar="LOCAL,...",
-                         help="accept only these local parts at RCPT (postmaster always); "
-                              "others get 550 5.1.1")
+        policy = sub.add_mutually_exclusive_group()
+        policy.add_argument("--recipients", metavar="LOCAL,...",
+                            help="accept only these local parts at RCPT (postmaster always); "
+                                 "others get 550 5.1.1")
         if name == "set":
-            sub.add_argument("--accept-all", action="store_true",
-                             help="accept every local part again (clears --recipients)")
+            policy.add_argument("--accept-all", action="store_true",
+                                help="accept every local part again (clears --recipients)")
     remove = domain_actions.add_parser("remove", help="stop hosting a domain")
     remove.add_argument("domain")
     remove.add_argument("--force", action="store_true", help="remove it even with mail queued")
@@ -567,6 +574,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     try:
         settings = load(args.config)
+        if not settings.path and args.command != "etrn":
+            print(f"mailkeep: no config file (--config, $MAILKEEP_CONFIG or {DEFAULT_PATH}); "
+                  f"using the defaults, data in {settings.data_dir}", file=sys.stderr)
         return HANDLERS[args.command](settings, args) or 0
     except (ConfigError, CommandError, NotFound, Conflict) as exc:
         _print_error(str(exc))
@@ -580,7 +590,10 @@ def main(argv: list[str] | None = None) -> int:
         _print_error(f"database {settings.database}: {exc}")
         return 1
     except OSError as exc:
-        _print_error(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
+        text = f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")
+        if exc.filename and str(exc.filename).startswith(settings.data_dir):
+            text += f"; check data_dir in {settings.path or 'the config file'}"
+        _print_error(text)
         return 1
 
 

@@ -221,6 +221,12 @@ def _convert(section: str, name: str, default: Any, value: Any) -> Any:
         return value
     if not isinstance(value, str):
         raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if key == "delivery.relayhost" and value:
+        parse_hostport(value, key, default_port=25)
+    if key == "hostname" and (not value or any(c.isspace() or not c.isprintable() for c in value)):
+        raise ConfigError(f"hostname: {value!r} is not a host name; use e.g. mx.example.net")
+    if key == "postmaster" and value and "@" not in value.strip("@"):
+        raise ConfigError(f"postmaster: {value!r} is not an address; use e.g. admin@example.net")
     return value
 
 
@@ -275,6 +281,9 @@ def load(option: str | None = None) -> Settings:
         _fill(settings, table, "")
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    if settings.queue.retry_min > settings.queue.retry_max:
+        raise ConfigError(f"{path}: queue.retry_min ({settings.queue.retry_min:g} s) is longer "
+                          f"than queue.retry_max ({settings.queue.retry_max:g} s)")
     # A relative data_dir is taken from the working directory, as a shell user expects.
     settings.data_dir = str(Path(settings.data_dir).resolve())
     settings.path = str(path)

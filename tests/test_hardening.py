@@ -257,3 +257,32 @@ def test_data_answered_250_not_354__not_delivered(make_mailkeep) -> None:
     finally:
         stop.set()
         thread.join(5)
+
+
+def test_dead_destination_with_several_jobs__deferred_once(make_mailkeep, make_sink) -> None:
+    sink = make_sink(start=False)
+    mailkeep = make_mailkeep()
+    mailkeep.add_account()
+    mailkeep.add_domain("customer.test", sink.port)
+    mailkeep.start()
+    with __import__("smtplib").SMTP(LOOPBACK, mailkeep.smtp_port, timeout=10) as smtp:
+        for number in range(5):
+            smtp.sendmail("a@sender.example", ["u@customer.test"], f"Subject: {number}\r\n\r\nx\r\n")
+    wait_until(lambda: mailkeep.log_text().count("status=deferred") >= 5, message="5 deferrals")
+    entries = wait_until(lambda: (found := mailkeep.queue_json()) and
+                         all(e["queue_name"] == "deferred" for e in found) and found,
+                         message="every message to be deferred, none left in delivery")
+    assert len(entries) == 5
+    time.sleep(3)  # nothing is due again before retry_min: no reconnect loop
+    assert mailkeep.log_text().count("status=deferred") == 5
+    assert "Connection refused" in entries[0]["recipients"][0]["delay_reason"]
+
+
+def test_relayhost_without_port__defaults_to_25(tmp_path) -> None:
+    from mailkeep.config import load
+    path = tmp_path / "mk.toml"
+    path.write_text('[delivery]\nrelayhost = "smarthost.example"\n')
+    assert load(str(path)).delivery.relayhost == "smarthost.example"
+    path.write_text('[delivery]\nrelayhost = "smart host:x"\n')
+    with pytest.raises(Exception, match="relayhost"):
+        load(str(path))

@@ -16,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Iterable
 
+from ..config import parse_hostport
 from ..events import next_session
 from ..store.models import HELD_MODES
 from ..store.queue import Job, NewMessage, Outcome, claim_due, enqueue, load_data, new_queue_id
@@ -301,7 +303,8 @@ async def open_client(context: Context, target: Target, use_tls: bool = True) ->
             last_error = f"connect to {host}:{target.port}: timed out"
             continue
         except OSError as exc:
-            last_error = f"connect to {host}[{host}]:{target.port}: {exc.strerror or exc}"
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            last_error = f"connect to {host}[{host}]:{target.port}: {reason}"
             continue
         peer = writer.get_extra_info("peername") or (host, target.port)
         relay = f"{host}[{peer[0]}]:{peer[1]}"
@@ -350,6 +353,9 @@ class Destination:
         self.target = target
         self.pending: collections.deque[Job] = collections.deque()
         self.connections = 0
+        """Connection tasks running, whether connected yet or not."""
+        self.connected = 0
+        """Connections that opened and are delivering now."""
 
     def add(self, job: Job) -> None:
         self.pending.append(job)
@@ -370,6 +376,7 @@ class Destination:
     async def _connection(self) -> None:
         context = self.scheduler.context
         session = next_session()
+        failed = False
         try:
             async with self.scheduler.connection_slots:
                 if not self.pending:
@@ -378,26 +385,42 @@ class Destination:
                 try:
                     client, relay = await open_client(context, self.target)
                 except SMTPClientError as exc:
-                    if self.connections == 1:  # no other connection can carry them
+                    failed = True
+                    if self.connected == 0:
+                        # No open connection can carry the waiting mail: defer all of it,
+                        # so it waits for its retry time instead of a new attempt at once.
                         Delivery(context, _NoClient(), f"{self.target.host}:{self.target.port}",
-                                 self.target.fail_state, session).fail(self.take(len(self.pending)), exc.reply)
+                                 self.target.fail_state, session).fail(self.take(len(self.pending)),
+                                                                       exc.reply)
                     return
-                delivery = Delivery(context, client, relay, self.target.fail_state, session,
-                                    time.monotonic() - started)
+                self.connected += 1
                 try:
-                    while self.pending:
-                        await delivery.run(self.take(LOAD_BATCH))
-                    await client.quit()
-                except SMTPClientError:
-                    client.close()
-                await delivery.settle()
+                    delivery = Delivery(context, client, relay, self.target.fail_state, session,
+                                        time.monotonic() - started)
+                    try:
+                        while self.pending:
+                            await delivery.run(self.take(LOAD_BATCH))
+                        await client.quit()
+                    except SMTPClientError:
+                        failed = True
+                        client.close()
+                    await delivery.settle()
+                finally:
+                    self.connected -= 1
         except Exception:
+            failed = True
             log.exception("delivery to %s:%s failed", self.target.host, self.target.port,
                           extra={"service": "smtp", "session": session})
         finally:
             self.connections -= 1
-            if self.pending:
+            if self.pending and not failed:
                 self.start_connections()
+            elif self.pending and self.connections == 0:
+                # The last connection failed with mail still waiting: defer it rather than
+                # reconnecting in a loop.
+                Delivery(context, _NoClient(), f"{self.target.host}:{self.target.port}",
+                         self.target.fail_state, session).fail(self.take(len(self.pending)),
+                                                               "connection to the server failed")
 
 
 class _NoClient:
@@ -473,7 +496,15 @@ class Scheduler:
             return False
         jobs = await self.context.db.write(claim_due, time.time(), CLAIM_BATCH)
         for job in jobs:
-            for target, part in self._split(job):
+            try:
+                parts = self._split(job)
+            except Exception as exc:  # one bad route must not strand the rest of the batch
+                log.exception("routing %s failed", job.queue_id,
+                              extra={"service": "qmgr", "session": 0})
+                Delivery(self.context, _NoClient(), "none", "deferred", 0).fail(
+                    [job], f"routing failed: {type(exc).__name__}")
+                continue
+            for target, part in parts:
                 if target is None:
                     continue
                 destination = self.destinations.get(target)
@@ -507,8 +538,8 @@ class Scheduler:
         if route is None:
             relayhost = self.context.settings.delivery.relayhost
             if relayhost:
-                host, _, port = relayhost.rpartition(":")
-                return Target(host.strip("[]"), int(port))
+                host, port = parse_hostport(relayhost, "delivery.relayhost", default_port=25)
+                return Target(host, port)
             if not domain:
                 return None
             return Target(domain, 25, mx=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from sqlmodel import Session, func, select
 
-from .models import HELD_MODES, MODES, Account, Domain, Recipient
+from .models import HELD_MODES, MODES, Account, Domain, Mailbox, MailboxEntry, Recipient
 
 
 class NotFound(LookupError):
@@ -76,6 +76,12 @@ def get_domain(session: Session, name: str) -> Domain:
     return domain
 
 
+def check_host(host: str) -> None:
+    """Reject a host that cannot be a host name or address (spaces, control characters)."""
+    if host and (any(c.isspace() or not c.isprintable() for c in host) or host.startswith("-")):
+        raise Conflict(f"invalid host {host!r}: give a host name or IP address, e.g. mail.example.org")
+
+
 def check_domain_settings(mode: str, port: int, retention_days: int) -> None:
     if mode not in MODES:
         raise Conflict(f"invalid mode {mode!r}: choose one of {', '.join(MODES)}")
@@ -116,6 +122,7 @@ def add_domain(session: Session, name: str, account: str, mode: str, host: str, 
     if not name or "." not in name or any(c.isspace() or c in "@[]%!:" for c in name):
         raise Conflict(f"invalid domain name {name!r}: give a name such as example.org")
     check_domain_settings(mode, port, retention_days)
+    check_host(host)
     if mode == "smtp" and not host:
         raise Conflict(f"mode smtp needs the customer's server: add --host HOST [--port N]")
     owner = get_account(session, account)
@@ -149,6 +156,7 @@ def set_domain(session: Session, name: str, *, account: str | None = None, mode:
     if recipients is not None:
         domain.recipients = normalize_recipients(recipients)
     check_domain_settings(domain.mode, domain.port, domain.retention_days)
+    check_host(domain.host)
     if domain.mode == "smtp" and not domain.host:
         raise Conflict("mode smtp needs the customer's server: add --host HOST [--port N]")
     session.add(domain)
@@ -179,6 +187,16 @@ def remove_domain(session: Session, name: str, force: bool = False) -> None:
         raise Conflict(
             f"domain {domain.name!r} has {queued} queued recipient(s); deliver or delete them, "
             "or pass --force to remove the domain and keep its mail queued until it expires"
+        )
+    stored = session.exec(
+        select(func.count()).select_from(MailboxEntry).join(Mailbox, Mailbox.id == MailboxEntry.mailbox_id)
+        .where(Mailbox.domain == domain.name)
+    ).one()
+    if stored and not force:
+        raise Conflict(
+            f"domain {domain.name!r} has {stored} message(s) in its POP3 mailboxes; let them be "
+            "collected, or pass --force to remove the domain (its mailboxes stay until "
+            "`mailkeep mailbox remove`)"
         )
     session.delete(domain)
     session.commit()

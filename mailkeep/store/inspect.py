@@ -111,15 +111,25 @@ def resolve_ids(conn: sqlite3.Connection, queue_ids: list[str]) -> dict[str, int
     return found
 
 
-def retry(conn: sqlite3.Connection, message_ids: list[int]) -> int:
-    """Make deferred recipients of the messages due now; return how many."""
-    total = 0
+def retry(conn: sqlite3.Connection, message_ids: list[int]) -> dict[int, str]:
+    """Make deferred recipients of the messages due now.
+
+    Returns:
+        For each message left unchanged, the reason (on hold, held by its
+        domain's mode); messages not in the result were made due.
+    """
+    unchanged = {}
     for mid in message_ids:
-        total += conn.execute(
+        changed = conn.execute(
             "UPDATE recipient SET state = 'queued', next_attempt = 0"
             " WHERE message_id = ? AND state IN ('queued', 'deferred')", (mid,)
         ).rowcount
-    return total
+        hold = conn.execute("SELECT hold FROM message WHERE id = ?", (mid,)).fetchone()
+        if hold and hold[0]:
+            unchanged[mid] = "on hold; run `mailkeep queue release` first"
+        elif not changed:
+            unchanged[mid] = "held by its domain's mode; use `mailkeep queue flush DOMAIN`"
+    return unchanged
 
 
 def retry_domain(conn: sqlite3.Connection, domain: str) -> int:
@@ -142,17 +152,27 @@ def flush_domain(conn: sqlite3.Connection, domain: str) -> int:
     ).rowcount
 
 
-def set_hold(conn: sqlite3.Connection, message_ids: list[int], hold: bool) -> int:
-    total = 0
+def set_hold(conn: sqlite3.Connection, message_ids: list[int], hold: bool) -> dict[int, str]:
+    """Put messages on hold or release them.
+
+    Returns:
+        For each message that already was in the requested state, the reason
+        it was left unchanged.
+    """
+    unchanged = {}
     for mid in message_ids:
-        total += conn.execute("UPDATE message SET hold = ? WHERE id = ?", (hold, mid)).rowcount
+        changed = conn.execute("UPDATE message SET hold = ? WHERE id = ? AND hold != ?",
+                               (hold, mid, hold)).rowcount
+        if not changed:
+            unchanged[mid] = "already on hold" if hold else "not on hold"
+            continue
         if not hold:
             # A released message is tried at once, as `postsuper -H` does.
             conn.execute(
                 "UPDATE recipient SET next_attempt = 0 WHERE message_id = ? AND state = 'deferred'",
                 (mid,),
             )
-    return total
+    return unchanged
 
 
 def delete(conn: sqlite3.Connection, message_ids: list[int]) -> int:

@@ -17,6 +17,10 @@ from .forms import ConfirmScreen, Field, FormScreen, SecretScreen
 ADMIN_ERRORS = (Conflict, NotFound, ValueError)
 
 
+def _or_default(value, default):
+    return default if value in (None, "") else value
+
+
 class TablePane(Vertical):
     """A pane around one DataTable whose rows are keyed by name."""
 
@@ -75,7 +79,7 @@ class DomainsPane(TablePane):
         if selected and selected in {d.name for d, _o in rows}:
             table.move_cursor(row=table.get_row_index(selected))
 
-    async def _form(self, title: str, name: str, values: dict) -> dict | None:
+    async def _form(self, title: str, name: str, values: dict, new_name: str = "") -> dict | None:
         accounts = await self.data.account_names()
         if not accounts:
             self.notify("Add an account first (Accounts tab)", severity="warning")
@@ -84,28 +88,28 @@ class DomainsPane(TablePane):
             Field("account", "Account", values.get("account") or accounts[0], options=accounts),
             Field("mode", "Mode", values.get("mode", "smtp"), options=list(MODES)),
             Field("host", "Host", values.get("host", ""), required=False),
-            Field("port", "Port", values.get("port", 25), integer=True),
-            Field("retention", "Retention (days)", values.get("retention", 30), integer=True),
-            Field("recipients", "Only (a,b; empty=all)", values.get("recipients", ""),
-                  required=False),
+            Field("port", "Port", _or_default(values.get("port"), 25), integer=True),
+            Field("retention", "Retention (days)", _or_default(values.get("retention"), 30),
+                  integer=True),
+            Field("recipients", "Recipients", values.get("recipients", ""), required=False),
         ]
         if not name:
-            fields.insert(0, Field("name", "Domain", ""))
+            fields.insert(0, Field("name", "Domain", new_name))
         return await self.app.push_screen_wait(FormScreen(title, fields))
 
     @work(group="domains-edit")
     async def action_add(self) -> None:
-        values = await self._form("New domain", "", {})
-        if values is None:
-            return
-        if not values["host"] and values["mode"] == "smtp":
-            self.notify("Mode smtp needs a host", severity="error")
-            return
-        try:
-            await self.data.save_domain(values["name"], values, new=True)
-        except ADMIN_ERRORS as exc:
-            self.notify(str(exc), severity="error")
-            return
+        values: dict = {}
+        while True:  # a rejected form comes back with what was typed
+            values = await self._form("New domain", "", values, values.get("name", ""))
+            if values is None:
+                return
+            try:
+                await self.data.save_domain(values["name"], values, new=True)
+            except ADMIN_ERRORS as exc:
+                self.notify(str(exc), severity="error")
+                continue
+            break
         self.notify(f"Domain {values['name']} added")
         self.reload()
 
@@ -123,14 +127,15 @@ class DomainsPane(TablePane):
             "port": current.port, "retention": current.retention_days,
             "recipients": current.recipients,
         })
-        if values is None:
-            return
-        try:
-            await self.data.save_domain(name, values, new=False)
-        except ADMIN_ERRORS as exc:
-            self.notify(str(exc), severity="error")
-            return
-        self.notify(f"Domain {name} changed")
+        while values is not None:
+            try:
+                await self.data.save_domain(name, values, new=False)
+            except ADMIN_ERRORS as exc:
+                self.notify(str(exc), severity="error")
+                values = await self._form(f"Edit {name}", name, values)
+                continue
+            self.notify(f"Domain {name} changed")
+            break
         self.reload()
 
     @work(group="domains-edit")

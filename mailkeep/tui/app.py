@@ -14,7 +14,7 @@ import signal
 
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Container
+from textual.containers import Container, VerticalScroll
 from textual.widgets import Footer, Header, Markdown, TabbedContent, TabPane, Tabs
 
 from ..server.app import Server, StartupError
@@ -37,6 +37,7 @@ def help_text(data: ConsoleData) -> str:
     smtp = listeners.get("smtp", ["25"])
     odmr = listeners.get("odmr")
     pop3 = listeners.get("pop3")
+    pop3s = listeners.get("pop3s")
     smtp_port = smtp[-1]
     odmr_text = (
         f"""```
@@ -48,8 +49,15 @@ poll {host} proto ODMR service {odmr[0]}
 ODMR also works on SMTP port {smtp_port} after AUTH."""
         if odmr else f"ODMR is not configured on this server (no `[listen] odmr`); ATRN works on "
                      f"SMTP port {smtp_port} after AUTH.")
-    pop3_text = (f"POP3 listens on port {pop3[0]}; use APOP, or USER/PASS after STLS."
-                 if pop3 else "POP3 is not configured on this server (no `[listen] pop3`).")
+    if pop3 or pop3s:
+        pop3_text = (f"POP3 on port {pop3[0] if pop3 else '-'} (APOP, or USER/PASS after STLS), "
+                     f"POP3S on port {pop3s[0] if pop3s else '-'}. Login name: the mailbox address.\n\n"
+                     f"* Thunderbird or Outlook: server {host}, port {pop3s[0] if pop3s else pop3[0]}, "
+                     f"{'SSL/TLS' if pop3s else 'STARTTLS'}, normal password.\n"
+                     f"* fetchmail: `poll {host} proto APOP service {pop3[0] if pop3 else pop3s[0]} "
+                     f"user \"bob@customer.example\" password \"APOP SECRET\" keep uidl`")
+    else:
+        pop3_text = "POP3 is not configured on this server (no `[listen] pop3`)."
     return f"""# Helping customers collect their mail from {host}
 
 ## Trigger held mail with ETRN (mode `etrn`)
@@ -129,7 +137,9 @@ class MailkeepApp(App):
         await tabs.add_pane(TabPane("2 Queue", QueuePane(self.data), id="queue"))
         await tabs.add_pane(TabPane("3 Domains", DomainsPane(self.data), id="domains"))
         await tabs.add_pane(TabPane("4 Accounts", AccountsPane(self.data), id="accounts"))
-        await tabs.add_pane(TabPane("5 Help", Markdown(help_text(self.data), id="help-text"), id="help"))
+        help_page = VerticalScroll(Markdown(help_text(self.data), id="help-text"), id="help-scroll")
+        help_page.can_focus = True  # so PageDown, arrows and End scroll it
+        await tabs.add_pane(TabPane("5 Help", help_page, id="help"))
         tabs.active = "dashboard"
 
     def action_tab(self, name: str) -> None:
@@ -140,8 +150,11 @@ class MailkeepApp(App):
         tables = pane.query("DataTable")
         # Move focus first: TabbedContent shows the pane that contains the focused widget, so
         # focus left in the old pane would switch straight back to it.
+        scrolls = pane.query("#help-scroll")
         if tables:
             tables.first().focus()
+        elif scrolls:
+            scrolls.first().focus()
         else:
             tabs.query_one(Tabs).focus()
         tabs.active = name

@@ -133,27 +133,32 @@ class ConsoleData:
 
     # -- queue actions -----------------------------------------------------------------
 
-    async def queue_action(self, action: str, queue_ids: list[str]) -> int:
-        """Apply ``retry``, ``hold``, ``release``, ``delete`` or ``bounce``; return how many messages."""
+    async def queue_action(self, action: str, queue_ids: list[str]) -> tuple[int, list[str]]:
+        """Apply ``retry``, ``hold``, ``release``, ``delete`` or ``bounce``.
+
+        Returns:
+            How many messages changed, and why the others did not.
+        """
         held = {name for name, route in self.context.routes.routes.items() if route.mode != "smtp"}
         hostname = self.settings.hostname
 
-        def apply(conn) -> int:
+        def apply(conn) -> tuple[int, list[str]]:
             ids = list(inspect.resolve_ids(conn, queue_ids).values())
+            unchanged: dict[int, str] = {}
             if action == "retry":
-                inspect.retry(conn, ids)
+                unchanged = inspect.retry(conn, ids)
             elif action in ("hold", "release"):
-                inspect.set_hold(conn, ids, action == "hold")
+                unchanged = inspect.set_hold(conn, ids, action == "hold")
             elif action == "delete":
                 inspect.delete(conn, ids)
             elif action == "bounce":
                 return_to_sender(conn, ids, hostname, "returned to the sender by the administrator", held)
-            return len(ids)
-        count = await self.context.db.write(apply)
+            return len(ids) - len(unchanged), list(unchanged.values())
+        count, reasons = await self.context.db.write(apply)
         self.context.bus.emit("admin", 0, f"console: {action} {' '.join(queue_ids)}", "admin")
         if self.context.scheduler is not None:
             self.context.scheduler.wake()
-        return count
+        return count, reasons
 
     async def flush(self, domain: str) -> int:
         """Start delivery of a domain's waiting mail, as ``mailkeep queue flush`` does.

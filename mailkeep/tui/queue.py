@@ -208,8 +208,11 @@ class QueuePane(Vertical):
                         else f"Return {queue_id} to its sender with a notification?")
             if not await self.app.push_screen_wait(ConfirmScreen(question)):
                 return
-        count = await self.data.queue_action(action, [queue_id])
-        self.notify(f"{action}: {queue_id}" if count else f"{queue_id} has left the queue")
+        count, reasons = await self.data.queue_action(action, [queue_id])
+        if reasons:
+            self.notify(f"{queue_id} not changed: {reasons[0]}", severity="warning")
+        else:
+            self.notify(f"{action}: {queue_id}" if count else f"{queue_id} has left the queue")
         self.reload()
 
     @work(group="queue-act")

@@ -7,6 +7,7 @@ ports, in the test's event loop, as ``mailkeep serve`` does on a terminal.
 from __future__ import annotations
 
 import asyncio
+import sys
 import socket
 import sqlite3
 from pathlib import Path
@@ -249,3 +250,38 @@ async def test_console_adds_mailbox_and_apop_secret(tmp_path: Path) -> None:
         assert secret in str(app.screen.query_one("#secret").render())
         await pilot.press("escape")
     assert query(settings, "SELECT password_hash FROM mailbox")[0][0].startswith("$argon2id$")
+
+
+async def test_console_shows_cli_change_within_seconds(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    app = MailkeepApp(Server(settings), manage_server=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.3)
+        await pilot.press("3")
+        table = app.query_one("#domains-table", DataTable)
+        assert table.row_count == 0
+        config = tmp_path / "mk.toml"
+        config.write_text(f'hostname = "mx.mailkeep.test"\ndata_dir = "{settings.data_dir}"\n')
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mailkeep", "--config", str(config), "account", "add", "acme",
+            "--password-stdin", stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        await process.communicate(b"pw\n")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mailkeep", "--config", str(config), "domain", "add",
+            "fromcli.test", "--account", "acme", "--mode", "etrn", stderr=asyncio.subprocess.DEVNULL)
+        await process.wait()
+        started = asyncio.get_running_loop().time()
+        await wait_for(lambda: table.row_count == 1, timeout=5)
+        assert asyncio.get_running_loop().time() - started < 3
+        assert str(table.get_row_at(0)[0]) == "fromcli.test"
+
+
+async def test_console_tab_click_switches_pane(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    app = MailkeepApp(Server(settings), manage_server=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.3)
+        await pilot.click("#--content-tab-queue")
+        await pilot.pause(0.3)
+        from textual.widgets import TabbedContent
+        assert app.query_one(TabbedContent).active == "queue"

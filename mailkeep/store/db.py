@@ -148,21 +148,30 @@ class _Writer(threading.Thread):
             results = [(False, exc)] * len(batch)
         self.commits += 1
         self.operations += len(batch)
+        # One wake-up per event loop settles every future of the commit, instead of one
+        # self-pipe write per operation.
+        settled: dict[Any, list] = {}
         for (_func, _args, future, loop), (ok, value) in zip(batch, results):
             if future is None:
                 if not ok:
                     log.error("background store operation failed: %s", value)
                 continue
-            loop.call_soon_threadsafe(_settle, future, ok, value)
+            settled.setdefault(loop, []).append((future, ok, value))
+        for loop, items in settled.items():
+            try:
+                loop.call_soon_threadsafe(_settle_all, items)
+            except RuntimeError:  # the caller's loop has closed; nobody waits for these
+                log.warning("%d store results had no event loop left to receive them", len(items))
 
 
-def _settle(future: asyncio.Future, ok: bool, value: Any) -> None:
-    if future.cancelled():
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
+def _settle_all(items: list[tuple[asyncio.Future, bool, Any]]) -> None:
+    for future, ok, value in items:
+        if future.cancelled():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 class Database:

@@ -180,6 +180,12 @@ class AccountsPane(TablePane):
         boxes.add_columns("mailbox", "account", "messages", "size", "quota", "APOP")
         yield boxes
 
+    async def _ask_hidden(self, title: str, label: str) -> str | None:
+        """Ask for one password or secret; None when the user backs out."""
+        values = await self.app.push_screen_wait(
+            FormScreen(title, [Field("value", label, "", password=True)]))
+        return None if values is None else values["value"]
+
     def selected_mailbox(self) -> str | None:
         table = self.query_one("#mailboxes-table", DataTable)
         if table.row_count == 0:
@@ -235,11 +241,10 @@ class AccountsPane(TablePane):
         name = self.selected()
         if not name:
             return
-        values = await self.app.push_screen_wait(FormScreen(
-            f"New password for {name}", [Field("password", "Password", "", password=True)]))
-        if values is None:
+        password = await self._ask_hidden(f"New password for {name}", "Password")
+        if password is None:
             return
-        await self.data.set_password(name, values["password"])
+        await self.data.set_password(name, password)
         self.notify(f"Password of {name} changed")
 
     @work(group="accounts-edit")
@@ -258,11 +263,10 @@ class AccountsPane(TablePane):
         name = self.selected()
         if not name:
             return
-        values = await self.app.push_screen_wait(FormScreen(
-            f"Set the CRAM-MD5 secret of {name}", [Field("secret", "Secret", "", password=True)]))
-        if values is None:
+        secret = await self._ask_hidden(f"Set the CRAM-MD5 secret of {name}", "Secret")
+        if secret is None:
             return
-        await self.data.set_secret(name, values["secret"])
+        await self.data.set_secret(name, secret)
         self.notify(f"CRAM-MD5 secret of {name} set")
         self.reload()
 
@@ -314,11 +318,10 @@ class AccountsPane(TablePane):
         address = self.selected_mailbox()
         if not address:
             return
-        values = await self.app.push_screen_wait(FormScreen(
-            f"Set the APOP secret of {address}", [Field("secret", "Secret", "", password=True)]))
-        if values is None:
+        secret = await self._ask_hidden(f"Set the APOP secret of {address}", "Secret")
+        if secret is None:
             return
-        await self.data.set_apop_secret(address, values["secret"])
+        await self.data.set_apop_secret(address, secret)
         self.notify(f"APOP secret of {address} set")
         self.reload()
 
@@ -327,11 +330,10 @@ class AccountsPane(TablePane):
         address = self.selected_mailbox()
         if not address:
             return
-        values = await self.app.push_screen_wait(FormScreen(
-            f"New password for {address}", [Field("password", "Password", "", password=True)]))
-        if values is None:
+        password = await self._ask_hidden(f"New password for {address}", "Password")
+        if password is None:
             return
-        await self.data.set_mailbox_password(address, values["password"])
+        await self.data.set_mailbox_password(address, password)
         self.notify(f"Password of {address} changed")
 
     @work(group="accounts-edit")

@@ -108,14 +108,17 @@ class TestPoplib:
         sizes = [int(line.split()[1]) for line in listing]
         assert sum(sizes) == size
         uids = [line.split()[1] for line in client.uidl()[1]]
-        assert len(set(uids)) == 3 and client.uidl(2).split()[2] == uids[1]
+        assert len(set(uids)) == 3
+        assert client.uidl(2).split()[2] == uids[1]
         _, lines, octets = client.retr(1)
         assert octets == sizes[0]
         assert lines[:3] == [b"Return-Path: <sender@x.example>", f"Delivered-To: {bob}".encode(),
                              f"X-Original-To: {bob}".encode()]
-        assert b".starts with a dot" in lines and b".." in lines
+        assert b".starts with a dot" in lines
+        assert b".." in lines
         _, top, _ = client.top(2, 0)
-        assert top[-1] == b"" and b"Subject: m1" in top
+        assert top[-1] == b""
+        assert b"Subject: m1" in top
         client.dele(1)
         client.dele(2)
         assert client.stat()[0] == 1
@@ -132,11 +135,13 @@ class TestPoplib:
         bob = env.mailbox(password="bob pw")
         env.send([bob], message("stls"))
         client = env.plain()
-        assert "STLS" in client.capa() and "USER" not in client.capa()
+        assert "STLS" in client.capa()
+        assert "USER" not in client.capa()
         with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
             client.user(bob)
         client.stls(env.tls)
-        assert "USER" in client.capa() and "STLS" not in client.capa()
+        assert "USER" in client.capa()
+        assert "STLS" not in client.capa()
         client.user(bob)
         client.pass_("bob pw")
         assert client.stat()[0] == 1
@@ -259,7 +264,8 @@ class TestWire:
         sock.sendall(f"APOP {bob} {digest}\r\nSTAT\r\nDELE 1\r\nSTAT\r\nRSET\r\nQUIT\r\n".encode())
         replies = [self.read_line(sock, buffer) for _ in range(6)]
         assert [r.split(b" ")[0] for r in replies] == [b"+OK"] * 6
-        assert replies[1].startswith(b"+OK 1 ") and replies[3] == b"+OK 0 0"
+        assert replies[1].startswith(b"+OK 1 ")
+        assert replies[3] == b"+OK 0 0"
         sock.close()
 
     def test_auth_cram_md5__logs_in_with_the_apop_secret(self, env):
@@ -368,12 +374,14 @@ class TestFetchmail:
         first = self.run(env, tmp_path, rc, "-v")
         assert first.returncode == 0, first.stderr
         dialogue = first.stdout + first.stderr
-        assert "POP3> STLS" in dialogue and "Authentication failed" not in dialogue
+        assert "POP3> STLS" in dialogue
+        assert "Authentication failed" not in dialogue
         assert self.run(env, tmp_path, rc).returncode == 1  # kept, but already seen
         env.send([bob], message("fetch-2"))
         assert self.run(env, tmp_path, rc).returncode == 0
         text = out.read_text()
-        assert text.count("Subject: fetch-1") == 1 and text.count("Subject: fetch-2") == 1
+        assert text.count("Subject: fetch-1") == 1
+        assert text.count("Subject: fetch-2") == 1
         client = env.login(bob, "fm-pw")
         assert client.stat()[0] == 2  # --keep left them on the server
         client.quit()

@@ -17,7 +17,7 @@ from .context import Context
 from .delivery import Scheduler
 from .limiter import ConnectionLimiter, LoginThrottle
 from .routes import Routes
-from .odmr import ODMRSession
+from .odmr import ODMRSession, running_drains as odmr_drains
 from .pop3 import Pop3Service
 from .smtpd import SMTPSession
 from .tls import certificate_paths, server_context
@@ -100,7 +100,17 @@ class Server:
             self.tasks.append(asyncio.create_task(context.scheduler.run(), name="scheduler"))
         self.tasks.append(asyncio.create_task(context.routes.watch(), name="routes"))
         self.tasks.append(asyncio.create_task(pop3.sweep(), name="pop3-sweep"))
+        for task in self.tasks:
+            task.add_done_callback(self._task_ended)
         self.bus.emit("master", 0, f"daemon started -- Mailkeep, data in {settings.data_dir}", "start")
+
+    def _task_ended(self, task: asyncio.Task) -> None:
+        """Log a background task that stopped with an error: the server would go on without it."""
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        self.bus.emit("master", 0, f"{task.get_name()} stopped with {type(error).__name__}: {error}; "
+                      "restart mailkeep", "error", logging.ERROR)
 
     async def _listen(self, service: str, address: str, factory: Callable,
                       tls: ssl.SSLContext | None = None) -> None:
@@ -159,6 +169,9 @@ class Server:
                 session.transport.close()
         if context.scheduler is not None:
             await context.scheduler.stop(max(1.0, deadline - asyncio.get_running_loop().time()))
+        drains = list(odmr_drains())
+        if drains:  # ODMR deliveries record their results before the store closes
+            await asyncio.wait(drains, timeout=max(1.0, deadline - asyncio.get_running_loop().time()))
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

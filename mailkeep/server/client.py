@@ -117,12 +117,14 @@ class SMTPClient:
                 raw = await asyncio.wait_for(self.reader.readline(), self.timeout)
             except asyncio.TimeoutError:
                 raise SMTPClientError("timed out waiting for the server's reply") from None
-            except (ConnectionError, asyncio.LimitOverrunError, ValueError) as exc:
+            except (OSError, asyncio.LimitOverrunError, ValueError) as exc:  # ssl.SSLError too
                 raise SMTPClientError(f"lost connection: {exc}") from None
             if not raw:
                 raise SMTPClientError("lost connection while waiting for a reply")
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            if len(line) < 3 or not line[:3].isdigit() or (len(line) > 3 and line[3] not in " -"):
+            digits = line[:3]
+            if (len(line) < 3 or not (digits.isascii() and digits.isdigit())
+                    or (len(line) > 3 and line[3] not in " -")):
                 raise SMTPClientError(f"invalid reply line {line[:80]!r}")
             if code and int(line[:3]) != code:
                 raise SMTPClientError("reply code changed within a multi-line reply")
@@ -144,7 +146,7 @@ class SMTPClient:
             await asyncio.wait_for(self.writer.drain(), self.timeout)
         except asyncio.TimeoutError:
             raise SMTPClientError("timed out sending to the server") from None
-        except (ConnectionError, RuntimeError) as exc:
+        except (OSError, RuntimeError) as exc:  # ssl.SSLError is an OSError
             raise SMTPClientError(f"lost connection: {exc}") from None
 
     async def greeting(self) -> Reply:

@@ -91,7 +91,7 @@ class BounceRequest:
 
 
 def _record_with_bounces(conn, outcomes: list[Outcome], message_ids: list[int],
-                         bounces: list[BounceRequest]) -> None:
+                         bounces: list[BounceRequest], release_ids: list[int]) -> None:
     # The notification is queued in the same transaction that drops the failed
     # recipients, so a crash cannot lose one without the other.
     for request in bounces:
@@ -104,7 +104,7 @@ def _record_with_bounces(conn, outcomes: list[Outcome], message_ids: list[int],
         enqueue(conn, NewMessage(queue_id=request.notice_id, sender="", data=body,
                                  recipients=[(job.sender, domain, request.state)],
                                  client="local", helo=request.hostname, is_bounce=True))
-    record_outcomes(conn, outcomes, message_ids)
+    record_outcomes(conn, outcomes, message_ids, release_ids)
 
 
 class Delivery:
@@ -151,6 +151,14 @@ class Delivery:
                     rest = batch[position:] + jobs[index + len(batch):]
                     self.fail(rest, exc.reply)
                     raise
+                except Exception as exc:
+                    # Whatever went wrong, the jobs taken must be recorded, or they would
+                    # stay marked in delivery until a restart.
+                    rest = batch[position:] + jobs[index + len(batch):]
+                    log.exception("delivering %s failed", job.queue_id,
+                                  extra={"service": "smtp", "session": self.session})
+                    self.fail(rest, f"local error: {type(exc).__name__}")
+                    raise SMTPClientError(f"local error: {type(exc).__name__}") from exc
             index += len(batch)
         return []
 
@@ -167,10 +175,10 @@ class Delivery:
             reply = result.recipients[address]
             if reply.ok:
                 status = "sent"
-            elif reply.temporary:
-                status = self.fail_state
-            else:
+            elif reply.code >= 500:
                 status = "bounced"
+            else:  # 4xx, and replies no final answer may have (1xx, 3xx)
+                status = self.fail_state
             outcome, failure = self._settle_outcome(job, rid, address, attempts, status, reply.text,
                                                     reply.enhanced, finished, delays)
             outcomes.append(outcome)
@@ -242,8 +250,13 @@ class Delivery:
             request = bounce_request(self.context, jobs[0], failures, self.session)
             if request:
                 bounces.append(request)
+        release = []
+        for job in jobs:
+            job.parts[0] -= 1
+            if job.parts[0] <= 0:
+                release.append(job.message_id)
         future = self.context.db.write(_record_with_bounces, outcomes, [j.message_id for j in jobs],
-                                       bounces)
+                                       bounces, release)
         self.pending.add(future)
         future.add_done_callback(self._recorded)
 
@@ -462,7 +475,14 @@ class Scheduler:
 
     async def run(self) -> None:
         """Claim and dispatch due mail until cancelled."""
-        await self.context.db.write(release_delivering)
+        while True:
+            try:
+                await self.context.db.write(release_delivering)
+                break
+            except Exception as exc:  # e.g. another process holds the write lock too long
+                log.error("clearing in-delivery marks at start failed: %s; retrying in 5 s", exc,
+                          extra={"service": "qmgr", "session": 0})
+                await asyncio.sleep(5)
         last_sweep = 0.0
         while self.running:
             if time.monotonic() - last_sweep > SWEEP_INTERVAL:
@@ -523,13 +543,16 @@ class Scheduler:
                 held.append(recipient)
             else:
                 groups.setdefault(target, []).append(recipient)
+        # Every part shares one counter, so the message stays marked in delivery until
+        # the last part is recorded.
+        parts = [len(groups) + (1 if held else 0)]
         if held:
             part = Job(job.message_id, job.queue_id, job.sender, job.size, job.arrived,
-                       job.is_bounce, job.body_8bit, held)
+                       job.is_bounce, job.body_8bit, held, parts)
             Delivery(self.context, _NoClient(), "none", "held", 0).fail(
                 [part], "waiting for a trigger: the domain is held and has no host to push to")
         return [(target, Job(job.message_id, job.queue_id, job.sender, job.size, job.arrived,
-                             job.is_bounce, job.body_8bit, recipients))
+                             job.is_bounce, job.body_8bit, recipients, parts))
                 for target, recipients in groups.items()]
 
     def target_for(self, domain: str) -> Target | None:

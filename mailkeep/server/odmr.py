@@ -103,6 +103,11 @@ _DRAINS: set[asyncio.Task] = set()
 """Drains that are running: the reference keeps each task alive until it ends."""
 
 
+def running_drains() -> set[asyncio.Task]:
+    """Return the ODMR drains in progress, for a shutdown that waits for them."""
+    return set(_DRAINS)
+
+
 async def _drain(session: SMTPSession, domains: list[str]) -> None:
     try:
         await _claim_and_deliver(session, domains)

@@ -14,10 +14,14 @@ import time
 from ..events import next_session
 from ..store.accounts import Route
 from ..store.models import HELD_MODES
-from ..store.queue import Job, claim_domains, claim_expired_held, retry_domain
+from ..store.queue import Job, claim_domains, claim_expired_held, held_domains, retry_domain
 from .client import SMTPClientError
 from .context import Context
 from .delivery import Delivery, Target, _NoClient, open_client
+
+
+DEFAULT_RETENTION_DAYS = 30
+"""Retention of held mail whose domain is no longer hosted, as for a new domain."""
 
 
 def held_target(route: Route, requester: str | None) -> Target | None:
@@ -95,16 +99,18 @@ async def expire_held(context: Context) -> int:
     """Return held mail that outlived its domain's retention to its senders; return how many messages."""
     total = 0
     now = time.time()
-    for route in list(context.routes.routes.values()):
-        if route.mode == "smtp":
-            continue
-        cutoff = now - route.retention_days * 86400
-        jobs = await context.db.write(claim_expired_held, route.domain, cutoff)
+    retention = {name: route.retention_days for name, route in context.routes.routes.items()
+                 if route.mode != "smtp"}
+    # Held mail of a domain removed with --force keeps the default retention.
+    for domain in await context.db.read(held_domains):
+        if domain and domain not in context.routes.routes:
+            retention[domain] = DEFAULT_RETENTION_DAYS
+    for domain, days in retention.items():
+        jobs = await context.db.write(claim_expired_held, domain, now - days * 86400)
         if not jobs:
             continue
         total += len(jobs)
         delivery = Delivery(context, _NoClient(), "none", "held", 0)
-        delivery.expire(jobs, f"held for more than {route.retention_days} days without being "
-                              f"collected")
+        delivery.expire(jobs, f"held for more than {days} days without being collected")
         await delivery.settle()
     return total

@@ -53,6 +53,10 @@ class Domain(SQLModel, table=True):
 class Message(SQLModel, table=True):
     """One accepted message: envelope sender, content and origin."""
 
+    # AUTOINCREMENT: a deleted message's id is never handed out again, so a delivery
+    # result that arrives after an administrator's delete cannot hit a newer message.
+    __table_args__ = {"sqlite_autoincrement": True}
+
     id: Optional[int] = Field(default=None, primary_key=True)
     queue_id: str = Field(unique=True)
     sender: str = ""
@@ -74,6 +78,8 @@ class Message(SQLModel, table=True):
 
 class Recipient(SQLModel, table=True):
     """One envelope recipient of a message that is still to be delivered."""
+
+    __table_args__ = {"sqlite_autoincrement": True}  # ids are never reused, as for Message
 
     id: Optional[int] = Field(default=None, primary_key=True)
     message_id: int = Field(foreign_key="message.id", index=True)

@@ -91,6 +91,9 @@ class Job:
     body_8bit: bool
     recipients: list[tuple[int, str, str, int]] = field(default_factory=list)
     """(recipient id, address, domain, attempts so far)."""
+    parts: list[int] = field(default_factory=lambda: [1])
+    """Parts of the claimed message still in flight, shared by the jobs it was split
+    into; the message's in-delivery mark is cleared when the last one is recorded."""
 
 
 _JOB_COLUMNS = (
@@ -179,15 +182,30 @@ class Outcome:
     next_attempt: float = 0.0
 
 
-def record_outcomes(conn: sqlite3.Connection, outcomes: list[Outcome], message_ids: list[int]) -> None:
-    """Apply delivery results, then clear the in-delivery mark of ``message_ids``
-    and remove those of them that have no recipient left."""
+def record_outcomes(conn: sqlite3.Connection, outcomes: list[Outcome], message_ids: list[int],
+                    release_ids: list[int] | None = None) -> None:
+    """Apply delivery results, clear the in-delivery mark of ``release_ids`` (all of
+    ``message_ids`` when None), and remove the messages that have no recipient left.
+
+    A message whose recipients went to several servers is released only with
+    its last part, so the scheduler cannot claim the parts still in flight again.
+    """
     now = time.time()
     done = [(o.recipient_id,) for o in outcomes if o.status in ("sent", "bounced")]
     if done:
         conn.executemany("DELETE FROM recipient WHERE id = ?", done)
     waiting = [o for o in outcomes if o.status in ("deferred", "held")]
     if waiting:
+        # A domain switched to mode smtp while its held mail was being delivered: a temporary
+        # failure must then wait for a retry, not for a trigger that no longer comes.
+        for outcome in waiting:
+            if outcome.status != "held":
+                continue
+            row = conn.execute("SELECT d.mode FROM recipient r JOIN domain d ON d.name = r.domain"
+                               " WHERE r.id = ?", (outcome.recipient_id,)).fetchone()
+            if row and row[0] == "smtp":
+                outcome.status = "deferred"
+                outcome.next_attempt = now + 60
         conn.executemany(
             "UPDATE recipient SET state = ?, next_attempt = ?, attempts = attempts + 1,"
             " last_error = ? WHERE id = ?",
@@ -198,7 +216,7 @@ def record_outcomes(conn: sqlite3.Connection, outcomes: list[Outcome], message_i
             " VALUES (?, ?, ?, ?, ?, ?)",
             [(o.message_id, o.address, now, o.relay, o.status, o.reply) for o in waiting],
         )
-    release_delivering(conn, message_ids)
+    release_delivering(conn, message_ids if release_ids is None else release_ids)
     remove_finished(conn, message_ids)
 
 
@@ -236,6 +254,11 @@ def retry_domain(conn: sqlite3.Connection, domain: str) -> int:
         " WHERE domain = ? AND state IN ('queued', 'deferred')", (domain,)
     )
     return count
+
+
+def held_domains(conn: sqlite3.Connection) -> list[str]:
+    """Return every recipient domain that has held mail, hosted or not."""
+    return [row[0] for row in conn.execute("SELECT DISTINCT domain FROM recipient WHERE state = 'held'")]
 
 
 def claim_expired_held(conn: sqlite3.Connection, domain: str, cutoff: float) -> list[Job]:

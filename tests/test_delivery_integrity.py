@@ -60,8 +60,11 @@ def test_held_failure_after_switch_to_smtp__deferred(tmp_path: Path) -> None:
 class ScriptedServer:
     """A customer SMTP server on a thread: counts DATA per recipient, can stall or misbehave."""
 
-    def __init__(self, data_delay: float = 0.0, mail_reply: bytes = b"250 ok\r\n"):
+    def __init__(self, data_delay: float = 0.0, mail_reply: bytes = b"250 ok\r\n",
+                 drop_after: int = 0):
         self.port = free_port()
+        self.drop_after = drop_after
+        """Close each connection without a word after this many messages (0: never)."""
         self.data_delay = data_delay
         self.mail_reply = mail_reply
         self.delivered: list[str] = []
@@ -93,6 +96,7 @@ class ScriptedServer:
             stream = conn.makefile("rb")
             conn.sendall(b"220 customer.example ESMTP\r\n")
             recipients: list[str] = []
+            accepted = 0
             for line in stream:
                 verb = line[:4].upper()
                 if verb in (b"EHLO", b"HELO"):
@@ -111,6 +115,9 @@ class ScriptedServer:
                     time.sleep(self.data_delay)
                     self.delivered.extend(recipients)
                     conn.sendall(b"250 ok\r\n")
+                    accepted += 1
+                    if self.drop_after and accepted >= self.drop_after:
+                        return
                 elif verb == b"QUIT":
                     conn.sendall(b"221 bye\r\n")
                     return
@@ -147,3 +154,24 @@ def test_reply_with_non_ascii_digits__deferred_not_stuck(make_mailkeep) -> None:
             timeout=20, message="the message to be deferred rather than stuck in delivery")
         assert entries[0]["queue_id"] == queue_id
         assert "invalid reply line" in entries[0]["recipients"][0]["delay_reason"]
+
+
+def test_server_dropping_sessions__backlog_still_delivered(make_mailkeep) -> None:
+    with ScriptedServer(drop_after=3) as flaky:
+        mailkeep = make_mailkeep()
+        mailkeep.add_account()
+        mailkeep.admin("domain", "add", "a.test", "--account", "acme", "--mode", "etrn",
+                       "--host", LOOPBACK, "--port", str(flaky.port))
+        mailkeep.start()
+        for number in range(12):
+            send_message(mailkeep.smtp_port, "a@sender.example", [f"u{number}@a.test"],
+                         f"Subject: {number}\r\n\r\nbody\r\n")
+        mailkeep.admin("domain", "set", "a.test", "--mode", "smtp")
+        # Each session ends while the 4th message is in flight: that one waits for its retry
+        # (a minute away), and a new session takes the rest of the backlog at once.
+        wait_until(lambda: len(set(flaky.delivered)) == 9, timeout=20,
+                   message="9 messages through sessions that each end after 3")
+        wait_until(
+            lambda: len([e for e in mailkeep.queue_json() if e["queue_name"] == "deferred"]) == 3,
+            message="the 3 messages in flight at each drop to be deferred")
+        assert len(mailkeep.queue_json()) == 3

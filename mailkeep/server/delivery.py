@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ..config import parse_hostport
 from ..events import next_session
@@ -129,12 +129,19 @@ class Delivery:
         self.pending: set[asyncio.Future] = set()
         self.sent = 0
 
-    async def run(self, jobs: list[Job]) -> list[Job]:
-        """Deliver the jobs in order; return those left undelivered because the session failed.
+    async def run(self, jobs: list[Job],
+                  give_back: Callable[[list[Job]], None] | None = None) -> list[Job]:
+        """Deliver the jobs in order.
+
+        Args:
+            jobs: the claimed jobs.
+            give_back: when the session fails, receives the jobs not yet tried, so
+                another connection can take them; without it they are recorded as
+                failed like the job in flight.
 
         Raises:
-            SMTPClientError: the session failed. Every job not delivered has
-                been recorded with its temporary failure before this is raised.
+            SMTPClientError: the session failed. The job in flight has been
+                recorded with its temporary failure before this is raised.
         """
         index = 0
         while index < len(jobs):
@@ -148,8 +155,12 @@ class Delivery:
                 try:
                     await self._deliver(job, data)
                 except SMTPClientError as exc:
-                    rest = batch[position:] + jobs[index + len(batch):]
-                    self.fail(rest, exc.reply)
+                    untried = batch[position + 1:] + jobs[index + len(batch):]
+                    if give_back is not None:
+                        self.fail([job], exc.reply)
+                        give_back(untried)
+                    else:
+                        self.fail([job, *untried], exc.reply)
                     raise
                 except Exception as exc:
                     # Whatever went wrong, the jobs taken must be recorded, or they would
@@ -380,6 +391,10 @@ class Destination:
             self.connections += 1
             self.scheduler.spawn(self._connection())
 
+    def give_back(self, jobs: list[Job]) -> None:
+        """Put untried jobs back at the head of the queue, in their order."""
+        self.pending.extendleft(reversed(jobs))
+
     def take(self, count: int) -> list[Job]:
         batch = []
         while self.pending and len(batch) < count:
@@ -412,10 +427,13 @@ class Destination:
                                         time.monotonic() - started)
                     try:
                         while self.pending:
-                            await delivery.run(self.take(LOAD_BATCH))
+                            await delivery.run(self.take(LOAD_BATCH), self.give_back)
                         await client.quit()
                     except SMTPClientError:
-                        failed = True
+                        # A connection that delivered something before it broke may be
+                        # replaced at once; one that delivered nothing may not, or a server
+                        # that drops every session would be reconnected to in a loop.
+                        failed = delivery.sent == 0
                         client.close()
                     await delivery.settle()
                 finally:

@@ -38,7 +38,9 @@ def test_kill_9_after_250__delivered_after_restart(mailkeep, make_sink):
         assert len(sink.with_token(mark)) == 1
     for queue_id in queue_ids:
         mailkeep.wait_for_log(rf"{queue_id}: to=<user@{CUSTOMER}>, .*status=sent")
-    assert mailkeep.admin("queue", "list") == "Mail queue is empty\n"
+    # The delivery log line is written just before the commit that removes the message.
+    wait_until(lambda: mailkeep.admin("queue", "list") == "Mail queue is empty\n",
+               message="the queue to be empty")
 
 
 def test_kill_9_during_delivery__delivered_after_restart(mailkeep, make_sink):

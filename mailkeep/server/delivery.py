@@ -127,6 +127,7 @@ class Delivery:
         self.session = session
         self.setup_seconds = setup_seconds
         self.pending: set[asyncio.Future] = set()
+        self._unlogged: list[tuple] = []
         self.sent = 0
 
     async def run(self, jobs: list[Job],
@@ -212,8 +213,8 @@ class Delivery:
         elif expired:
             status = "bounced"
             failure = dsn.Failure(address, "4.4.7", f"delivery time expired; last error: {reply}")
-            self.context.bus.emit("qmgr", self.session, f"{job.queue_id}: to=<{address}>, "
-                                  f"status=expired, returned to sender", "expired")
+            self._emit_later("qmgr", f"{job.queue_id}: to=<{address}>, "
+                             f"status=expired, returned to sender", "expired")
         next_attempt = 0.0
         if status == "deferred":
             next_attempt = now + backoff(self.context.settings.queue, attempts)
@@ -252,15 +253,22 @@ class Delivery:
         if delays:
             fields.append(f"delays={delays}")
         fields += [f"dsn={code}", f"status={status} ({reply})"]
-        self.context.bus.emit("smtp", self.session, f"{job.queue_id}: " + ", ".join(fields),
-                              status, queue_id=job.queue_id, to=address, relay=self.relay)
+        self._emit_later("smtp", f"{job.queue_id}: " + ", ".join(fields), status,
+                         queue_id=job.queue_id, to=address, relay=self.relay)
+
+    def _emit_later(self, service: str, text: str, kind: str, **data) -> None:
+        """Keep an event until the commit that records it, so that a "status=sent" line
+        is never read while the message still shows in the queue."""
+        self._unlogged.append((service, text, kind, data))
 
     def _record(self, outcomes: list[Outcome], jobs: list[Job], failures: list[dsn.Failure]) -> None:
         bounces = []
         if failures:
-            request = bounce_request(self.context, jobs[0], failures, self.session)
+            request = bounce_request(self.context, jobs[0], failures, self.session,
+                                     self._emit_later)
             if request:
                 bounces.append(request)
+        events, self._unlogged = self._unlogged, []
         release = []
         for job in jobs:
             job.parts[0] -= 1
@@ -269,16 +277,18 @@ class Delivery:
         future = self.context.db.write(_record_with_bounces, outcomes, [j.message_id for j in jobs],
                                        bounces, release)
         self.pending.add(future)
-        future.add_done_callback(self._recorded)
+        future.add_done_callback(lambda done: self._recorded(done, events))
 
-    def _recorded(self, future: asyncio.Future) -> None:
+    def _recorded(self, future: asyncio.Future, events: list[tuple]) -> None:
         self.pending.discard(future)
+        for service, text, kind, data in events:
+            self.context.bus.emit(service, self.session, text, kind, **data)
         if future.cancelled():
             return
         exc = future.exception()
         if exc is not None:
-            log.error("recording delivery results failed: %s", exc,
-                      extra={"service": "smtp", "session": self.session})
+            log.error("recording delivery results failed: %s; the messages above stay queued",
+                      exc, extra={"service": "smtp", "session": self.session})
         elif self.context.scheduler is not None:
             self.context.scheduler.wake()
 
@@ -289,20 +299,25 @@ class Delivery:
 
 
 def bounce_request(context: Context, job: Job, failures: list[dsn.Failure],
-                   session: int = 0) -> BounceRequest | None:
-    """Prepare the notification for ``failures``, or None when the sender must not get one."""
+                   session: int = 0, emit=None) -> BounceRequest | None:
+    """Prepare the notification for ``failures``, or None when the sender must not get one.
+
+    ``emit(service, text, kind)`` logs the decision; by default it goes to the bus at once.
+    """
+    if emit is None:
+        def emit(service: str, text: str, kind: str) -> None:
+            context.bus.emit(service, session, text, kind)
     if job.is_bounce or not job.sender:
         # No notification to the null sender, and none about a notification, so bounces never loop.
         why = "sender is <>" if not job.sender else "message is itself a notification"
-        context.bus.emit("bounce", session, f"{job.queue_id}: no notification: {why}",
-                         "bounce-dropped")
+        emit("bounce", f"{job.queue_id}: no notification: {why}", "bounce-dropped")
         return None
     domain = job.sender.rpartition("@")[2].lower()
     route = context.routes.get(domain)
     state = "held" if route is not None and route.mode != "smtp" else "queued"
     request = BounceRequest(job, failures, context.settings.hostname, state, new_queue_id())
-    context.bus.emit("bounce", session, f"{job.queue_id}: sender non-delivery notification: "
-                     f"{request.notice_id}", "bounce")
+    emit("bounce", f"{job.queue_id}: sender non-delivery notification: {request.notice_id}",
+         "bounce")
     return request
 
 

@@ -35,7 +35,8 @@ def deliver(conn, *targets: tuple[str, str], recipients=(), data=b"Subject: x\r\
     for mailbox, recipient in targets:
         local, _, domain = recipient.rpartition("@")
         target = mb.find_target(conn, local, domain)
-        assert target is not None and target.address == mailbox
+        assert target is not None
+        assert target.address == mailbox
         boxes.append((target.mailbox_id, recipient))
     message = NewMessage(queue_id=new_queue_id(), sender="a@x.example", data=data,
                          recipients=list(recipients), mailboxes=boxes)
@@ -88,7 +89,8 @@ class TestDelivery:
         deliver(conn, ("bob@pop.test", "bob@pop.test"), data=b"A: 1\r\n\r\nno final line end")
         listing = mb.listing(conn, box(conn, "bob@pop.test"))
         [data] = mb.load_messages(conn, list(listing.entry_ids)).values()
-        assert listing.sizes[0] == len(data) and data.endswith(b"end\r\n")
+        assert listing.sizes[0] == len(data)
+        assert data.endswith(b"end\r\n")
 
     def test_uids__grow_and_are_never_reused_after_deletion(self, conn):
         bob = box(conn, "bob@pop.test")
@@ -121,7 +123,8 @@ class TestDeletion:
         mid = deliver(conn, ("bob@pop.test", "bob@pop.test"), ("@pop.test", "carol@pop.test"))
         bob = box(conn, "bob@pop.test")
         count, size = mb.delete_entries(conn, bob, list(mb.listing(conn, bob).entry_ids))
-        assert count == 1 and size > 0
+        assert count == 1
+        assert size > 0
         assert conn.execute("SELECT 1 FROM message WHERE id = ?", (mid,)).fetchone()
         catch_all = box(conn, "@pop.test")
         mb.delete_entries(conn, catch_all, list(mb.listing(conn, catch_all).entry_ids))

@@ -85,7 +85,8 @@ class TestAuthorization:
 
     def test_capa_before_tls__offers_stls_and_cram_md5_but_not_user(self):
         lines = sent(session().receive(b"CAPA")).decode().split("\r\n")
-        assert lines[0].startswith("+OK") and lines[-2:] == [".", ""]
+        assert lines[0].startswith("+OK")
+        assert lines[-2:] == [".", ""]
         for cap in ("TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "STLS",
                     "EXPIRE 30 USER", "IMPLEMENTATION Mailkeep", "SASL CRAM-MD5"):
             assert cap in lines
@@ -93,7 +94,9 @@ class TestAuthorization:
 
     def test_capa_inside_tls__offers_user_and_plain_but_not_stls(self):
         lines = sent(session(tls_active=True).receive(b"CAPA")).decode().split("\r\n")
-        assert "USER" in lines and "SASL PLAIN LOGIN" in lines and "STLS" not in lines
+        assert "USER" in lines
+        assert "SASL PLAIN LOGIN" in lines
+        assert "STLS" not in lines
 
     def test_user_before_tls__is_refused_with_auth_code(self):
         assert sent(session().receive(b"USER bob@pop.test")) == R.NEED_TLS.encode() + b"\r\n"
@@ -111,7 +114,8 @@ class TestAuthorization:
         s = session(allow_plaintext=True)
         s.receive(b"USER bob")
         actions = s.receive(b"STLS")
-        assert sent(actions) == R.STLS_GO.encode() + b"\r\n" and isinstance(actions[-1], StartTLS)
+        assert sent(actions) == R.STLS_GO.encode() + b"\r\n"
+        assert isinstance(actions[-1], StartTLS)
         s.tls_started()
         assert sent(s.receive(b"PASS x")) == R.NEED_USER.encode() + b"\r\n"
         assert sent(s.receive(b"STLS")).startswith(b"-ERR")
@@ -166,7 +170,8 @@ class TestAuthorization:
             s.receive(b"APOP bob " + b"1" * 32)
             actions = s.login_result(LoginOutcome(R.AUTH_FAILED))
             assert sent(actions).startswith(b"-ERR [AUTH]")
-        assert isinstance(actions[-1], Close) and s.state == "authorization"
+        assert isinstance(actions[-1], Close)
+        assert s.state == "authorization"
 
     def test_transaction_command_before_login__is_refused(self):
         assert sent(session().receive(b"STAT")) == R.NOT_NOW.encode() + b"\r\n"
@@ -180,7 +185,8 @@ class TestAuthorization:
 
     def test_quit_in_authorization__closes_without_update(self):
         actions = session().receive(b"QUIT")
-        assert sent(actions) == R.BYE.encode() + b"\r\n" and isinstance(actions[-1], Close)
+        assert sent(actions) == R.BYE.encode() + b"\r\n"
+        assert isinstance(actions[-1], Close)
 
 
 class TestTransaction:
@@ -211,11 +217,13 @@ class TestTransaction:
     def test_retr__loads_ahead_then_sends_exact_size_with_stuffing(self):
         s = logged_in(len(MESSAGE), len(MESSAGE), len(MESSAGE))
         [load] = s.receive(b"RETR 1")
-        assert isinstance(load, Load) and load.entry_ids == [101, 102, 103]
+        assert isinstance(load, Load)
+        assert load.entry_ids == [101, 102, 103]
         reply = sent(s.loaded({101: MESSAGE, 102: MESSAGE, 103: MESSAGE}))
         head, _, body = reply.partition(b"\r\n")
         assert head == f"+OK {len(MESSAGE)} octets".encode()
-        assert b"\r\n..dot line\r\n" in body and body.endswith(b"line 3\r\n.\r\n")
+        assert b"\r\n..dot line\r\n" in body
+        assert body.endswith(b"line 3\r\n.\r\n")
         unstuffed = body[:-3].replace(b"\r\n..", b"\r\n.")
         assert len(unstuffed) == len(MESSAGE)
         assert sent(s.receive(b"RETR 2")).startswith(f"+OK {len(MESSAGE)}".encode())
@@ -238,7 +246,8 @@ class TestTransaction:
         s.receive(b"DELE 3")
         assert s.receive(b"QUIT") == [Update([101, 103])]
         actions = s.updated(True)
-        assert sent(actions) == R.BYE.encode() + b"\r\n" and isinstance(actions[-1], Close)
+        assert sent(actions) == R.BYE.encode() + b"\r\n"
+        assert isinstance(actions[-1], Close)
 
     def test_quit_after_failed_update__says_nothing_was_deleted(self):
         s = logged_in(1)
@@ -253,7 +262,8 @@ class TestTransaction:
 
     def test_capa_after_login__states_the_domains_retention(self):
         lines = sent(logged_in(1).receive(b"CAPA")).decode().split("\r\n")
-        assert "EXPIRE 30" in lines and "STLS" not in lines
+        assert "EXPIRE 30" in lines
+        assert "STLS" not in lines
 
     def test_login_commands_after_login__are_refused(self):
         s = logged_in(1)

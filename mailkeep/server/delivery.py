@@ -43,7 +43,7 @@ SWEEP_INTERVAL = 300.0
 
 @dataclass(frozen=True)
 class Target:
-    """Where a group of recipients goes.
+    """The destination of a group of recipients.
 
     Attributes:
         host: a host name or address; with ``mx`` true, the domain whose MX
@@ -189,7 +189,7 @@ class Delivery:
                 status = "sent"
             elif reply.code >= 500:
                 status = "bounced"
-            else:  # 4xx, and replies no final answer may have (1xx, 3xx)
+            else:  # 4xx, and codes that are never a final reply (1xx, 3xx)
                 status = self.fail_state
             outcome, failure = self._settle_outcome(job, rid, address, attempts, status, reply.text,
                                                     reply.enhanced, finished, delays)
@@ -445,9 +445,9 @@ class Destination:
                             await delivery.run(self.take(LOAD_BATCH), self.give_back)
                         await client.quit()
                     except SMTPClientError:
-                        # A connection that delivered something before it broke may be
-                        # replaced at once; one that delivered nothing may not, or a server
-                        # that drops every session would be reconnected to in a loop.
+                        # A connection that delivered something before it broke is replaced at
+                        # once. One that delivered nothing is not, because a server that drops
+                        # every session would otherwise be reconnected to in a loop.
                         failed = delivery.sent == 0
                         client.close()
                     await delivery.settle()

@@ -512,7 +512,7 @@ class Pop3Session:
         index = self._number(number)
         if isinstance(index, str):
             return self._error(index)
-        # A count with more digits than any message has lines asks for the whole message.
+        # A count with more digits than any message has lines requests the whole message.
         return self._fetch("top", index, int(count) if len(count) <= 12 else 10**12)
 
     def _fetch(self, verb: str, index: int, lines: int) -> list[Action]:

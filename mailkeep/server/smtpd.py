@@ -118,9 +118,9 @@ def unstuff(data: bytes) -> bytes:
 def valid_helo(name: str | None) -> bool:
     """Check an EHLO or HELO argument: one word of printable characters, valid UTF-8.
 
-    RFC 5321 wants a domain or an address literal, but many clients send
-    less; what matters is that nothing in it can break the Received header
-    or the log (control characters, bare CR, spaces, undecodable bytes).
+    RFC 5321 expects a domain or an address literal, but many clients send
+    less. What matters is that nothing in it can break the Received header
+    or the log: control characters, bare CR, spaces or undecodable bytes.
     """
     if not name or len(name) > 255:
         return False

@@ -167,7 +167,7 @@ def file_held(conn: sqlite3.Connection, limit: int = 1000) -> list[tuple[str, st
 
 @dataclass(frozen=True)
 class LoginRecord:
-    """What a login needs to know about a mailbox."""
+    """The fields of a mailbox that a login checks and opens."""
 
     mailbox_id: int
     address: str
